@@ -1,0 +1,652 @@
+//! The plugin configuration: parsed from the JSON string Envoy hands over in `on_configure`,
+//! validated key by key, and reduced to plain Rust values with every default filled in.
+//!
+//! Errors name the key path and the problem (`policy.functions.env.max_inflight: expected a
+//! positive integer, got -1`) because an operator reads them in the sidecar's log, far from the
+//! manifest that caused them. Unknown keys are errors too: a typo must not silently fall back to
+//! a default. Nothing here calls the host.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What the operator asked for, with defaults filled in. Per-request decisions use
+/// [`crate::plan::Plan`], which is compiled from this once the local function is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub function: FunctionSection,
+    pub rewrite: RewriteSection,
+    pub headers: HeadersSection,
+    pub tracing: TracingSection,
+    pub readiness: ReadinessSection,
+    pub policy: PolicySection,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSection {
+    /// Pod label (from Istio node metadata) that names the function.
+    pub name_label: String,
+    /// Explicit function name; overrides the label.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherFunction {
+    /// `/function/<other>/...` answers 404.
+    Reject,
+    /// `/function/<other>/...` is rewritten like the local function's paths.
+    Pass,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewriteSection {
+    pub prefix: String,
+    pub other_function: OtherFunction,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadersSection {
+    /// Header names, lowercased (HTTP/2 and Envoy's header maps use lowercase names).
+    pub call_id: String,
+    pub start_time: String,
+    pub duration: String,
+    pub trust_incoming_call_id: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TracingSection {
+    pub b3: bool,
+    pub w3c: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadinessSection {
+    pub enabled: bool,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub probe_timeout_ms: u64,
+    pub retry_interval_ms: u64,
+    pub max_wait_ms: u64,
+    pub max_pending: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    Enforce,
+    Audit,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u64,
+}
+
+/// One policy entry as written: every rule optional, so a function's entry can override the
+/// default key by key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyRules {
+    pub mode: Option<PolicyMode>,
+    pub methods: Option<Vec<String>>,
+    pub principals: Option<Vec<String>>,
+    pub require_mtls: Option<bool>,
+    pub max_body_bytes: Option<u64>,
+    pub max_inflight: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl PolicyRules {
+    /// `self` overridden key by key by `over`.
+    pub fn merged_with(&self, over: &PolicyRules) -> PolicyRules {
+        PolicyRules {
+            mode: over.mode.or(self.mode),
+            methods: over.methods.clone().or_else(|| self.methods.clone()),
+            principals: over.principals.clone().or_else(|| self.principals.clone()),
+            require_mtls: over.require_mtls.or(self.require_mtls),
+            max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
+            max_inflight: over.max_inflight.or(self.max_inflight),
+            rate_limit: over.rate_limit.or(self.rate_limit),
+        }
+    }
+
+    /// The first rule (by key name) that restricts traffic, if any.
+    pub fn first_rule(&self) -> Option<&'static str> {
+        [
+            ("methods", self.methods.is_some()),
+            ("principals", self.principals.is_some()),
+            ("require_mtls", self.require_mtls == Some(true)),
+            ("max_body_bytes", self.max_body_bytes.is_some()),
+            ("max_inflight", self.max_inflight.is_some()),
+            ("rate_limit", self.rate_limit.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(key, _)| key)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicySection {
+    pub default: PolicyRules,
+    pub functions: BTreeMap<String, PolicyRules>,
+}
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The methods the OpenFaaS gateway proxies; `policy.*.methods` may name only these.
+pub const PROXIED_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            function: FunctionSection {
+                name_label: "faas_function".into(),
+                name: None,
+            },
+            rewrite: RewriteSection {
+                prefix: "/function/".into(),
+                other_function: OtherFunction::Reject,
+            },
+            headers: HeadersSection {
+                call_id: "x-call-id".into(),
+                start_time: "x-start-time".into(),
+                duration: "x-duration-seconds".into(),
+                trust_incoming_call_id: true,
+            },
+            tracing: TracingSection {
+                b3: true,
+                w3c: true,
+            },
+            readiness: ReadinessSection {
+                enabled: true,
+                cluster: "faas_function_local".into(),
+                authority: "127.0.0.1:8080".into(),
+                path: "/_/health".into(),
+                probe_timeout_ms: 1000,
+                retry_interval_ms: 100,
+                max_wait_ms: 30000,
+                max_pending: 1024,
+            },
+            policy: PolicySection::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses the plugin configuration. Empty (or whitespace-only) input means all defaults,
+    /// as Envoy passes no bytes when the manifest sets no configuration.
+    pub fn parse(input: &[u8]) -> Result<Config, ConfigError> {
+        if input.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        let root: Value = serde_json::from_slice(input)
+            .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
+        Config::from_value(&root)
+    }
+
+    pub fn from_value(root: &Value) -> Result<Config, ConfigError> {
+        let root = Obj::new(
+            root,
+            "",
+            &[
+                "function",
+                "rewrite",
+                "headers",
+                "tracing",
+                "readiness",
+                "policy",
+            ],
+        )?;
+        let mut config = Config::default();
+        if let Some(o) = root.object("function", &["name_label", "name"])? {
+            if let Some(label) = o.string("name_label")? {
+                config.function.name_label = label_key(&o.path("name_label"), label)?;
+            }
+            if let Some(name) = o.string("name")? {
+                config.function.name = Some(function_name(&o.path("name"), name)?);
+            }
+        }
+        if let Some(o) = root.object("rewrite", &["prefix", "other_function"])? {
+            if let Some(prefix) = o.string("prefix")? {
+                config.rewrite.prefix = path_prefix(&o.path("prefix"), prefix)?;
+            }
+            if let Some(v) = o.one_of("other_function", &["reject", "pass"])? {
+                config.rewrite.other_function = match v {
+                    "pass" => OtherFunction::Pass,
+                    _ => OtherFunction::Reject,
+                };
+            }
+        }
+        if let Some(o) = root.object(
+            "headers",
+            &[
+                "call_id",
+                "start_time",
+                "duration",
+                "trust_incoming_call_id",
+            ],
+        )? {
+            let h = &mut config.headers;
+            for (key, slot) in [
+                ("call_id", &mut h.call_id),
+                ("start_time", &mut h.start_time),
+                ("duration", &mut h.duration),
+            ] {
+                if let Some(name) = o.string(key)? {
+                    *slot = header_name(&o.path(key), name)?;
+                }
+            }
+            if let Some(b) = o.boolean("trust_incoming_call_id")? {
+                h.trust_incoming_call_id = b;
+            }
+            distinct_headers(&o, h)?;
+        }
+        if let Some(o) = root.object("tracing", &["b3", "w3c"])? {
+            if let Some(b) = o.boolean("b3")? {
+                config.tracing.b3 = b;
+            }
+            if let Some(b) = o.boolean("w3c")? {
+                config.tracing.w3c = b;
+            }
+        }
+        if let Some(o) = root.object(
+            "readiness",
+            &[
+                "enabled",
+                "cluster",
+                "authority",
+                "path",
+                "probe_timeout_ms",
+                "retry_interval_ms",
+                "max_wait_ms",
+                "max_pending",
+            ],
+        )? {
+            let r = &mut config.readiness;
+            if let Some(b) = o.boolean("enabled")? {
+                r.enabled = b;
+            }
+            for (key, slot) in [("cluster", &mut r.cluster), ("authority", &mut r.authority)] {
+                if let Some(s) = o.string(key)? {
+                    *slot = non_blank(&o.path(key), s)?;
+                }
+            }
+            if let Some(p) = o.string("path")? {
+                r.path = request_path(&o.path("path"), p)?;
+            }
+            for (key, slot) in [
+                ("probe_timeout_ms", &mut r.probe_timeout_ms),
+                ("retry_interval_ms", &mut r.retry_interval_ms),
+                ("max_wait_ms", &mut r.max_wait_ms),
+                ("max_pending", &mut r.max_pending),
+            ] {
+                if let Some(n) = o.positive_int(key)? {
+                    *slot = n;
+                }
+            }
+        }
+        if let Some(o) = root.object("policy", &["default", "functions"])? {
+            if let Some(d) = o.object("default", RULE_KEYS)? {
+                config.policy.default = rules(&d)?;
+            }
+            if let Some(fs) = o.any_object("functions")? {
+                for (name, value) in fs.map {
+                    let path = fs.path(name);
+                    function_name(&path, name)?;
+                    let entry = Obj::new(value, &path, RULE_KEYS)?;
+                    config.policy.functions.insert(name.clone(), rules(&entry)?);
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+const RULE_KEYS: &[&str] = &[
+    "mode",
+    "methods",
+    "principals",
+    "require_mtls",
+    "max_body_bytes",
+    "max_inflight",
+    "rate_limit",
+];
+
+fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
+    let mut r = PolicyRules {
+        mode: o
+            .one_of("mode", &["enforce", "audit", "off"])?
+            .map(|m| match m {
+                "audit" => PolicyMode::Audit,
+                "off" => PolicyMode::Off,
+                _ => PolicyMode::Enforce,
+            }),
+        require_mtls: o.boolean("require_mtls")?,
+        max_body_bytes: o.positive_int("max_body_bytes")?,
+        max_inflight: o.positive_int("max_inflight")?,
+        ..PolicyRules::default()
+    };
+    if let Some(list) = o.strings("methods")? {
+        let path = o.path("methods");
+        if list.is_empty() {
+            return Err(ConfigError::new(path, "expected at least one method"));
+        }
+        let mut methods = Vec::with_capacity(list.len());
+        for (i, m) in list.iter().enumerate() {
+            if !PROXIED_METHODS.contains(m) {
+                return Err(ConfigError::new(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "expected one of {}, got {}",
+                        PROXIED_METHODS.join(", "),
+                        quote(m)
+                    ),
+                ));
+            }
+            if !methods.iter().any(|known: &String| known == m) {
+                methods.push((*m).to_string());
+            }
+        }
+        r.methods = Some(methods);
+    }
+    if let Some(list) = o.strings("principals")? {
+        let path = o.path("principals");
+        for (i, p) in list.iter().enumerate() {
+            let star = p.find('*');
+            if p.is_empty() || star.is_some_and(|at| at + 1 != p.len()) {
+                return Err(ConfigError::new(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "expected a SPIFFE ID, optionally ending in '*', got {}",
+                        quote(p)
+                    ),
+                ));
+            }
+        }
+        r.principals = Some(list.into_iter().map(str::to_string).collect());
+    }
+    if let Some(rl) = o.object("rate_limit", &["requests_per_second", "burst"])? {
+        let rps = rl.positive_number("requests_per_second")?.ok_or_else(|| {
+            ConfigError::new(rl.path("requests_per_second"), "required in rate_limit")
+        })?;
+        let burst = match rl.positive_int("burst")? {
+            Some(b) => b,
+            // A bucket holds at least one second of traffic (and at least one request).
+            None => rps.ceil().max(1.0) as u64,
+        };
+        r.rate_limit = Some(RateLimit {
+            requests_per_second: rps,
+            burst,
+        });
+    }
+    Ok(r)
+}
+
+fn distinct_headers(o: &Obj<'_>, h: &HeadersSection) -> Result<(), ConfigError> {
+    if h.start_time == h.call_id {
+        return Err(ConfigError::new(
+            o.path("start_time"),
+            "must differ from headers.call_id",
+        ));
+    }
+    if h.duration == h.call_id {
+        return Err(ConfigError::new(
+            o.path("duration"),
+            "must differ from headers.call_id",
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON object at a key path, with the set of keys it may hold.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    at: String,
+}
+
+impl<'a> Obj<'a> {
+    /// `value` must be an object holding only `allowed` keys.
+    fn new(value: &'a Value, at: &str, allowed: &[&str]) -> Result<Self, ConfigError> {
+        let obj = Obj::any(value, at)?;
+        if let Some(unknown) = obj.map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ConfigError::new(
+                obj.path(unknown),
+                format!("unknown key (expected one of: {})", allowed.join(", ")),
+            ));
+        }
+        Ok(obj)
+    }
+
+    /// `value` must be an object; its keys are the caller's to check.
+    fn any(value: &'a Value, at: &str) -> Result<Self, ConfigError> {
+        match value {
+            Value::Object(map) => Ok(Obj {
+                map,
+                at: at.to_string(),
+            }),
+            other => Err(ConfigError::new(
+                if at.is_empty() { "configuration" } else { at },
+                format!("expected an object, got {}", describe(other)),
+            )),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{}", self.at, key)
+        }
+    }
+
+    fn object(&self, key: &str, allowed: &[&str]) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.map
+            .get(key)
+            .map(|v| Obj::new(v, &self.path(key), allowed))
+            .transpose()
+    }
+
+    fn any_object(&self, key: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.map
+            .get(key)
+            .map(|v| Obj::any(v, &self.path(key)))
+            .transpose()
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        pick: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(v) => pick(v).map(Some).ok_or_else(|| {
+                ConfigError::new(
+                    self.path(key),
+                    format!("expected {expected}, got {}", describe(v)),
+                )
+            }),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        self.typed(key, "a string", Value::as_str)
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        self.typed(key, "a boolean", Value::as_bool)
+    }
+
+    /// A whole number from 1 to 2^53 (exactly representable wherever the JSON came from).
+    fn positive_int(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        self.typed(key, "a positive integer", |v| {
+            v.as_u64().filter(|n| (1..=(1u64 << 53)).contains(n))
+        })
+    }
+
+    fn positive_number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        self.typed(key, "a positive number", |v| {
+            v.as_f64().filter(|n| n.is_finite() && *n > 0.0)
+        })
+    }
+
+    fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>, ConfigError> {
+        self.typed(key, "a list of strings", |v| {
+            v.as_array()?.iter().map(Value::as_str).collect()
+        })
+    }
+
+    fn one_of(
+        &self,
+        key: &str,
+        choices: &[&'static str],
+    ) -> Result<Option<&'static str>, ConfigError> {
+        let expected = format!("one of \"{}\"", choices.join("\", \""));
+        self.typed(key, &expected, |v| {
+            let s = v.as_str()?;
+            choices.iter().copied().find(|c| *c == s)
+        })
+    }
+}
+
+/// How a wrong value is shown in an error: strings quoted, long ones cut.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => quote(s),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    let cut: String = s.chars().take(MAX).collect();
+    let more = if s.chars().nth(MAX).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{:?}", cut + more)
+}
+
+/// A Kubernetes/OpenFaaS function name: a DNS-1123 label.
+fn function_name(path: &str, s: &str) -> Result<String, ConfigError> {
+    if is_function_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "expected a function name (lowercase letters, digits and '-', starting and ending \
+                 with a letter or digit, at most 63 characters), got {}",
+                quote(s)
+            ),
+        ))
+    }
+}
+
+pub fn is_function_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let edge_ok = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !b.is_empty()
+        && b.len() <= 63
+        && edge_ok(b.first())
+        && edge_ok(b.last())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A Kubernetes label key: `[prefix/]name`, letters, digits, `-`, `_`, `.`.
+fn label_key(path: &str, s: &str) -> Result<String, ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= 317
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("expected a pod label key, got {}", quote(s)),
+        ))
+    }
+}
+
+fn path_prefix(path: &str, s: &str) -> Result<String, ConfigError> {
+    let ok = s.len() >= 3
+        && s.starts_with('/')
+        && s.ends_with('/')
+        && s.bytes()
+            .all(|c| c.is_ascii_graphic() && !b"?#%".contains(&c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "expected a path prefix that starts and ends with '/' (like \"/function/\"), got {}",
+                quote(s)
+            ),
+        ))
+    }
+}
+
+fn request_path(path: &str, s: &str) -> Result<String, ConfigError> {
+    if s.starts_with('/') && s.bytes().all(|c| c.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("expected a path starting with '/', got {}", quote(s)),
+        ))
+    }
+}
+
+/// An HTTP header field name (RFC 9110 token), stored lowercase.
+fn header_name(path: &str, s: &str) -> Result<String, ConfigError> {
+    let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    if !s.is_empty() && s.len() <= 128 && s.bytes().all(tchar) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("expected an HTTP header name, got {}", quote(s)),
+        ))
+    }
+}
+
+fn non_blank(path: &str, s: &str) -> Result<String, ConfigError> {
+    if s.trim().is_empty() {
+        Err(ConfigError::new(path, "expected a non-empty string"))
+    } else {
+        Ok(s.to_string())
+    }
+}

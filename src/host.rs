@@ -1,0 +1,265 @@
+//! The host calls the filter makes, declared against the proxy-wasm ABI (0.2.1) directly.
+//!
+//! The SDK's own wrappers panic on any status they did not expect and decode header values as
+//! UTF-8 with `unwrap`, so a header carrying a byte above 0x7F would trap the VM. These return
+//! `Result`, hand back bytes, and read a header map in one call. This is the only module (with
+//! `filter`) that touches the host; it is compiled for wasm32 only.
+
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::ptr::{null, null_mut};
+
+/// A non-OK status from the host (the raw ABI value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: LogLevel, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, buf_len: usize) -> i32;
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`
+/// (a boxed slice of exactly `size` bytes).
+///
+/// # Safety
+/// `data` is null or was returned by the host together with `size` for this call.
+unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: the allocator hands out boxed slices of `size` bytes; the host filled them.
+        unsafe { Vec::from_raw_parts(data, size, size) }
+    }
+}
+
+fn status(code: u32) -> Result<(), HostError> {
+    if code == OK {
+        Ok(())
+    } else {
+        Err(HostError(code))
+    }
+}
+
+/// Nanoseconds since the Unix epoch, from the host's clock.
+pub fn now_nanos() -> Result<u64, HostError> {
+    let mut t = 0u64;
+    // SAFETY: `t` outlives the call.
+    status(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
+    Ok(t)
+}
+
+/// Fills `buf` from the host's entropy source (WASI `random_get`; Envoy serves it from
+/// BoringSSL's RAND_bytes).
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), HostError> {
+    // SAFETY: `buf` is valid for writes of its length.
+    match unsafe { random_get(buf.as_mut_ptr(), buf.len()) } {
+        0 => Ok(()),
+        errno => Err(HostError(errno.unsigned_abs())),
+    }
+}
+
+pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: out-pointers outlive the call; the buffer is taken over right after.
+    let code = unsafe {
+        proxy_get_buffer_bytes(
+            BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+            &mut data,
+            &mut size,
+        )
+    };
+    match code {
+        OK => Ok(unsafe { take_buffer(data, size) }),
+        NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// A property as raw bytes (`None` when the host has no such property). `path` segments are
+/// joined by NUL, as the ABI wants: `b"xds\0node\0metadata\0NAMESPACE"`.
+pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: as above.
+    let code = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    match code {
+        OK if data.is_null() => Ok(None),
+        OK => Ok(Some(unsafe { take_buffer(data, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The whole header map in its serialized form; read it with [`crate::header_map::pairs`].
+pub fn header_map(map: MapType) -> Result<Vec<u8>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: as above.
+    status(unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) })?;
+    Ok(unsafe { take_buffer(data, size) })
+}
+
+pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: as above.
+    let code =
+        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    match code {
+        OK => Ok(Some(unsafe { take_buffer(data, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Sets a header, replacing any value it had (Envoy adds it when absent).
+pub fn set_header(map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: both slices are valid for the call.
+    status(unsafe {
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// Appends a header without looking for an existing one (cheaper than a replace).
+pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: both slices are valid for the call.
+    status(unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// Answers the request from the filter. `headers` is a serialized header map
+/// ([`crate::header_map::serialize`]); `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%`.
+pub fn send_local_response(
+    status_code: u32,
+    details: &str,
+    body: &[u8],
+    headers: &[u8],
+) -> Result<(), HostError> {
+    // SAFETY: all slices are valid for the call.
+    status(unsafe {
+        proxy_send_local_response(
+            status_code,
+            details.as_ptr(),
+            details.len(),
+            if body.is_empty() {
+                null()
+            } else {
+                body.as_ptr()
+            },
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+/// Routes the `log` crate to Envoy's log (the `wasm` component), at the level Envoy runs with.
+pub struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl HostLogger {
+    /// Installs the logger once per VM and sets the level from the host, so debug lines cost
+    /// nothing unless Envoy's wasm log level is debug.
+    pub fn init() {
+        // A second call (a reconfigured plugin in the same VM) keeps the installed logger.
+        let _ = log::set_logger(&LOGGER);
+        let mut level = 2u32;
+        // SAFETY: `level` outlives the call.
+        let filter = match unsafe { proxy_get_log_level(&mut level) } {
+            OK => match level {
+                0 => log::LevelFilter::Trace,
+                1 => log::LevelFilter::Debug,
+                2 => log::LevelFilter::Info,
+                3 => log::LevelFilter::Warn,
+                4 => log::LevelFilter::Error,
+                _ => log::LevelFilter::Off,
+            },
+            _ => log::LevelFilter::Info,
+        };
+        log::set_max_level(filter);
+    }
+}
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        let message = record.args().to_string();
+        // SAFETY: `message` outlives the call. A failed log has nowhere to be reported.
+        let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,34 @@
+//! faas-mesh-filter: a proxy-wasm filter for the Envoy sidecar of OpenFaaS function pods.
+//!
+//! The pure modules decide; they never call the host and are tested natively with `cargo test`:
+//! - [`config`]: the plugin configuration, parsed and validated with key-path errors;
+//! - [`plan`]: the configuration compiled for one pod (local function, effective policy);
+//! - [`rewrite`]: `/function/<name>/...` paths to what the function expects;
+//! - [`call_id`], [`timing`]: the values of the call-id, start-time and duration headers;
+//! - [`reply`]: the filter's own replies;
+//! - [`header_map`]: the proxy-wasm header map wire format.
+//!
+//! `host` (the ABI calls) and `filter` (Envoy's callbacks) are the thin adapter, built for
+//! wasm32 only.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod call_id;
+pub mod config;
+pub mod header_map;
+pub mod plan;
+pub mod reply;
+pub mod rewrite;
+pub mod timing;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+#[cfg(target_arch = "wasm32")]
+mod host;

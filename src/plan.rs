@@ -1,0 +1,120 @@
+//! The compiled configuration of one pod: everything a request needs, resolved once in
+//! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
+
+use crate::config::{Config, ConfigError, HeadersSection, PolicyMode, PolicyRules};
+use crate::rewrite::Rewriter;
+
+/// What Istio tells the sidecar about its pod (node metadata), read once at configure time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// The value of the pod label named by `function.name_label`.
+    pub label_value: Option<String>,
+    /// `xds.node.metadata.NAMESPACE`.
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The local function, if known. Replies name it; the rewrite compares paths to it.
+    pub function: Option<String>,
+    pub namespace: Option<String>,
+    pub rewriter: Rewriter,
+    pub headers: HeadersSection,
+    /// The effective policy of the local function: `policy.default` overridden key by key by
+    /// its entry in `policy.functions`.
+    pub policy: PolicyRules,
+    /// Things worth one log line at start-up (not errors).
+    pub notices: Vec<String>,
+}
+
+impl Plan {
+    pub fn compile(config: &Config, pod: &PodInfo) -> Result<Plan, ConfigError> {
+        reject_unenforced_rules(config)?;
+        let mut notices = Vec::new();
+        let function = match (&config.function.name, &pod.label_value) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(label)) if crate::config::is_function_name(label) => Some(label.clone()),
+            (None, Some(label)) => {
+                notices.push(format!(
+                    "pod label {} is {:?}, which is not a function name; treating the local \
+                     function as unknown",
+                    config.function.name_label, label
+                ));
+                None
+            }
+            (None, None) => {
+                notices.push(format!(
+                    "no function.name configured and no pod label {} in the node metadata; \
+                     the local function is unknown, so /function/<name> paths answer 404 \
+                     unless rewrite.other_function is \"pass\"",
+                    config.function.name_label
+                ));
+                None
+            }
+        };
+        let namespace = pod.namespace.clone().filter(|ns| !ns.is_empty());
+        let policy = match function
+            .as_ref()
+            .and_then(|f| config.policy.functions.get(f))
+        {
+            Some(entry) => config.policy.default.merged_with(entry),
+            None => config.policy.default.clone(),
+        };
+        if config.readiness.enabled {
+            notices.push(
+                "readiness: the gate is not built into this version yet; requests are not held"
+                    .into(),
+            );
+        }
+        Ok(Plan {
+            rewriter: Rewriter::new(
+                &config.rewrite.prefix,
+                function.as_deref(),
+                namespace.as_deref(),
+                config.rewrite.other_function,
+            ),
+            function,
+            namespace,
+            headers: config.headers.clone(),
+            policy,
+            notices,
+        })
+    }
+
+    /// The name replies carry in their `function` field.
+    pub fn function_or_empty(&self) -> &str {
+        self.function.as_deref().unwrap_or("")
+    }
+}
+
+/// Policy rules are validated (so a manifest written for the next version is checked today)
+/// but not yet enforced. Accepting one silently would let an operator believe a function is
+/// protected when it is not, so a rule in an `enforce` or `audit` entry refuses the
+/// configuration, naming it.
+fn reject_unenforced_rules(config: &Config) -> Result<(), ConfigError> {
+    let default = &config.policy.default;
+    let enforced =
+        |rules: &PolicyRules| rules.mode.unwrap_or(PolicyMode::Enforce) != PolicyMode::Off;
+    let refuse = |path: String| {
+        ConfigError::new(
+            path,
+            "policy rules are not enforced by this version of faas-mesh-filter; remove the rule \
+             or set the entry's mode to \"off\"",
+        )
+    };
+    if let (true, Some(rule)) = (enforced(default), default.first_rule()) {
+        return Err(refuse(format!("policy.default.{rule}")));
+    }
+    for (name, entry) in &config.policy.functions {
+        let effective = default.merged_with(entry);
+        if let (true, Some(rule)) = (enforced(&effective), effective.first_rule()) {
+            let owner = if entry.first_rule() == Some(rule) {
+                format!("policy.functions.{name}")
+            } else {
+                "policy.default".to_string()
+            };
+            return Err(refuse(format!("{owner}.{rule}")));
+        }
+    }
+    Ok(())
+}

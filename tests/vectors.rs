@@ -1,0 +1,213 @@
+//! The pure modules against the shared test vectors in `testdata/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use faas_mesh_filter::call_id::is_safe_token;
+use faas_mesh_filter::config::{Config, OtherFunction, PolicyMode, PolicyRules};
+use faas_mesh_filter::plan::{Plan, PodInfo};
+use faas_mesh_filter::rewrite::{NotFound, Rewriter, Route};
+use serde_json::{json, Value};
+
+fn vectors(name: &str) -> Value {
+    let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn rewrite_vectors() {
+    let v = vectors("rewrite.json");
+    let defaults = &v["defaults"];
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let get = |key: &str| case.get(key).unwrap_or(&defaults[key]);
+        let other = match get("other_function").as_str() {
+            Some("pass") => OtherFunction::Pass,
+            _ => OtherFunction::Reject,
+        };
+        let r = Rewriter::new(
+            get("prefix").as_str().expect("prefix"),
+            get("local").as_str(),
+            get("namespace").as_str(),
+            other,
+        );
+        let path = case["path"].as_str().expect("path");
+        let got = match r.route(path.as_bytes()) {
+            Route::Unprefixed => "unprefixed".to_string(),
+            Route::Rewrite(p) => String::from_utf8(p).expect("utf8"),
+            Route::NotFound(NotFound::MissingName) => "404 missing_name".into(),
+            Route::NotFound(NotFound::InvalidName) => "404 invalid_name".into(),
+            Route::NotFound(NotFound::OtherFunction) => "404 other_function".into(),
+        };
+        assert_eq!(got, case["expect"].as_str().expect("expect"), "case {case}");
+    }
+}
+
+/// A parsed configuration's value at a dotted key, for the `check` lists of the vectors.
+fn field(c: &Config, path: &str) -> Value {
+    let mode = |m: Option<PolicyMode>| {
+        json!(m.map(|m| match m {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Audit => "audit",
+            PolicyMode::Off => "off",
+        }))
+    };
+    let rules = |r: &PolicyRules, key: &str| match key {
+        "mode" => mode(r.mode),
+        "methods" => json!(r.methods),
+        "max_inflight" => json!(r.max_inflight),
+        "rate_limit.burst" => json!(r.rate_limit.map(|l| l.burst)),
+        other => panic!("no accessor for policy rule {other}"),
+    };
+    match path {
+        "function.name" => json!(c.function.name),
+        "function.name_label" => json!(c.function.name_label),
+        "rewrite.prefix" => json!(c.rewrite.prefix),
+        "rewrite.other_function" => json!(match c.rewrite.other_function {
+            OtherFunction::Reject => "reject",
+            OtherFunction::Pass => "pass",
+        }),
+        "headers.call_id" => json!(c.headers.call_id),
+        "headers.trust_incoming_call_id" => json!(c.headers.trust_incoming_call_id),
+        "tracing.b3" => json!(c.tracing.b3),
+        "readiness.enabled" => json!(c.readiness.enabled),
+        "readiness.path" => json!(c.readiness.path),
+        "readiness.max_wait_ms" => json!(c.readiness.max_wait_ms),
+        "readiness.retry_interval_ms" => json!(c.readiness.retry_interval_ms),
+        "readiness.max_pending" => json!(c.readiness.max_pending),
+        p if p.starts_with("policy.default.") => {
+            rules(&c.policy.default, &p["policy.default.".len()..])
+        }
+        p if p.starts_with("policy.functions.") => {
+            let rest = &p["policy.functions.".len()..];
+            let (name, key) = rest.split_once('.').expect("name.key");
+            rules(&c.policy.functions[name], key)
+        }
+        other => panic!("no accessor for {other}"),
+    }
+}
+
+fn raw(case: &Value) -> String {
+    match case.get("raw") {
+        Some(Value::String(s)) => s.clone(),
+        _ => case["config"].to_string(),
+    }
+}
+
+#[test]
+fn configurations_that_load() {
+    for case in vectors("config.json")["ok"].as_array().expect("ok") {
+        let config = Config::parse(raw(case).as_bytes())
+            .unwrap_or_else(|e| panic!("{}: refused: {e}", case["name"]));
+        for (path, want) in case["check"].as_object().expect("check") {
+            assert_eq!(&field(&config, path), want, "{}: {path}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn configurations_refused_with_the_key_path() {
+    for case in vectors("config.json")["error"].as_array().expect("error") {
+        let got = Config::parse(raw(case).as_bytes())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            got,
+            Err(case["error"].as_str().expect("error").to_string()),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn policy_rules_refused_until_enforced() {
+    let pod = PodInfo {
+        label_value: Some("env".into()),
+        namespace: Some("openfaas-fn".into()),
+    };
+    for case in vectors("config.json")["unenforced"]
+        .as_array()
+        .expect("unenforced")
+    {
+        let config = Config::parse(raw(case).as_bytes()).expect("parses");
+        let got = Plan::compile(&config, &pod)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let want = case["error"].as_str().map(str::to_string);
+        assert_eq!(got.err(), want, "{case}");
+    }
+}
+
+#[test]
+fn call_id_vectors() {
+    for case in vectors("call_id.json")["cases"].as_array().expect("cases") {
+        let value = case["value"].as_str().expect("value");
+        assert_eq!(
+            is_safe_token(value.as_bytes()),
+            case["keep"] == true,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn plan_resolves_the_local_function() {
+    let config = |text: &str| Config::parse(text.as_bytes()).expect("parses");
+    let pod = |label: Option<&str>| PodInfo {
+        label_value: label.map(str::to_string),
+        namespace: Some("openfaas-fn".into()),
+    };
+    let plan = Plan::compile(&config("{}"), &pod(Some("figlet"))).expect("plan");
+    assert_eq!(plan.function.as_deref(), Some("figlet"));
+    assert_eq!(
+        plan.rewriter.route(b"/function/figlet/x"),
+        Route::Rewrite(b"/x".to_vec())
+    );
+
+    let plan = Plan::compile(
+        &config(r#"{"function":{"name":"env"}}"#),
+        &pod(Some("figlet")),
+    )
+    .expect("plan");
+    assert_eq!(
+        plan.function.as_deref(),
+        Some("env"),
+        "the explicit name wins"
+    );
+
+    let plan = Plan::compile(&config("{}"), &pod(None)).expect("plan");
+    assert_eq!(plan.function, None);
+    assert!(plan.notices.iter().any(|n| n.contains("faas_function")));
+
+    let plan = Plan::compile(&config("{}"), &pod(Some("Not_A_Name"))).expect("plan");
+    assert_eq!(
+        plan.function, None,
+        "a label that is no function name is not trusted"
+    );
+
+    let merged = Plan::compile(
+        &config(r#"{"policy":{"default":{"mode":"audit"},"functions":{"figlet":{"mode":"off"},"env":{}}}}"#),
+        &pod(Some("figlet")),
+    )
+    .expect("plan");
+    assert_eq!(
+        merged.policy.mode,
+        Some(PolicyMode::Off),
+        "a function's entry overrides the default"
+    );
+    let default_only = Plan::compile(
+        &config(r#"{"policy":{"default":{"mode":"audit"},"functions":{"env":{"mode":"off"}}}}"#),
+        &pod(Some("figlet")),
+    )
+    .expect("plan");
+    assert_eq!(
+        default_only.policy.mode,
+        Some(PolicyMode::Audit),
+        "no entry: the default"
+    );
+}
