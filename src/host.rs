@@ -5,7 +5,7 @@
 //! `Result`, hand back bytes, and read a header map in one call. This is the only module (with
 //! `filter`) that touches the host; it is compiled for wasm32 only.
 
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
 
 /// A non-OK status from the host (the raw ABI value).
@@ -14,6 +14,7 @@ pub struct HostError(pub u32);
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -69,6 +70,31 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: StreamType) -> u32;
+    fn proxy_define_metric(
+        metric_type: MetricType,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -210,6 +236,94 @@ pub fn send_local_response(
             -1,
         )
     })
+}
+
+/// A shared-data record (process-wide, scoped to the VM id) and its compare-and-swap token.
+pub fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
+    // SAFETY: out-pointers outlive the call; the buffer is taken over right after.
+    let code =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match code {
+        OK if data.is_null() => Ok((None, cas)),
+        OK => Ok((Some(unsafe { take_buffer(data, size) }), cas)),
+        NOT_FOUND => Ok((None, 0)),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Writes a shared-data record if nobody wrote it since `cas` was read (`cas` 0: always).
+/// `Ok(false)`: somebody did; read it again.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+    // SAFETY: both slices are valid for the call.
+    let code =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match code {
+        OK => Ok(true),
+        CAS_MISMATCH => Ok(false),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Calls the root context's `on_tick` every `period_ms` (0 stops it).
+pub fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_tick_period_milliseconds(period_ms) })
+}
+
+/// Makes a request's context the target of the following stream calls (from a root callback).
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Continues a request paused in its request headers (on the effective context).
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_continue_stream(StreamType::HttpRequest) })
+}
+
+/// Defines (or finds: the same name on every worker is one stat) a metric.
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
+    let mut id = 0u32;
+    // SAFETY: `name` and `id` outlive the call.
+    status(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, by: i64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_increment_metric(id, by) })
+}
+
+/// Sets a gauge or records a histogram value.
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Sends `GET path` to an Envoy cluster; the answer arrives in the root context's
+/// `on_http_call_response` with the returned token. Goes through the SDK, whose dispatcher must
+/// know the token to route the answer back.
+pub fn dispatch_get(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    timeout_ms: u64,
+) -> Result<u32, HostError> {
+    proxy_wasm::hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("user-agent", "faas-mesh-filter"),
+        ],
+        None,
+        vec![],
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .map_err(|s| HostError(s as u32))
 }
 
 /// Routes the `log` crate to Envoy's log (the `wasm` component), at the level Envoy runs with.

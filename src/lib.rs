@@ -6,10 +6,11 @@
 //! - [`rewrite`]: `/function/<name>/...` paths to what the function expects;
 //! - [`call_id`], [`timing`]: the values of the call-id, start-time and duration headers;
 //! - [`reply`]: the filter's own replies;
+//! - [`gate`]: the readiness gate's shared records and decisions;
 //! - [`header_map`]: the proxy-wasm header map wire format.
 //!
-//! `host` (the ABI calls) and `filter` (Envoy's callbacks) are the thin adapter, built for
-//! wasm32 only.
+//! `host` (the ABI calls), `filter` (Envoy's callbacks) and `readiness` (the gate's probes,
+//! holds and releases) are the thin adapter, built for wasm32 only.
 #![cfg_attr(
     test,
     allow(
@@ -22,6 +23,7 @@
 
 pub mod call_id;
 pub mod config;
+pub mod gate;
 pub mod header_map;
 pub mod plan;
 pub mod reply;
@@ -32,3 +34,5 @@ pub mod timing;
 mod filter;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod readiness;

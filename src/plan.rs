@@ -1,7 +1,9 @@
 //! The compiled configuration of one pod: everything a request needs, resolved once in
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
-use crate::config::{Config, ConfigError, HeadersSection, PolicyMode, PolicyRules};
+use crate::config::{
+    Config, ConfigError, HeadersSection, PolicyMode, PolicyRules, ReadinessSection,
+};
 use crate::rewrite::Rewriter;
 
 /// What Istio tells the sidecar about its pod (node metadata), read once at configure time.
@@ -23,6 +25,8 @@ pub struct Plan {
     /// The effective policy of the local function: `policy.default` overridden key by key by
     /// its entry in `policy.functions`.
     pub policy: PolicyRules,
+    /// The readiness gate's settings; `None` when `readiness.enabled` is false.
+    pub readiness: Option<ReadinessSection>,
     /// Things worth one log line at start-up (not errors).
     pub notices: Vec<String>,
 }
@@ -60,12 +64,6 @@ impl Plan {
             Some(entry) => config.policy.default.merged_with(entry),
             None => config.policy.default.clone(),
         };
-        if config.readiness.enabled {
-            notices.push(
-                "readiness: the gate is not built into this version yet; requests are not held"
-                    .into(),
-            );
-        }
         Ok(Plan {
             rewriter: Rewriter::new(
                 &config.rewrite.prefix,
@@ -77,6 +75,7 @@ impl Plan {
             namespace,
             headers: config.headers.clone(),
             policy,
+            readiness: config.readiness.enabled.then(|| config.readiness.clone()),
             notices,
         })
     }

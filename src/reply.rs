@@ -13,6 +13,8 @@ pub struct LocalReply {
     /// Short machine-readable reason for Envoy's access log (`%RESPONSE_CODE_DETAILS%`).
     pub details: &'static str,
     pub error: &'static str,
+    /// `Retry-After` in seconds, for replies that say "try again later".
+    pub retry_after: Option<u64>,
 }
 
 impl LocalReply {
@@ -23,18 +25,19 @@ impl LocalReply {
             .into_bytes()
     }
 
-    /// The headers of the reply: content type, the call id under its configured name, and the
-    /// internal marker.
-    pub fn headers<'a>(
-        &self,
-        call_id_header: &'a str,
-        call_id: &'a str,
-    ) -> [(&'a str, &'a str); 3] {
-        [
+    /// The headers of the reply, serialized for the host: content type, the call id under its
+    /// configured name, the internal marker, and `Retry-After` when set.
+    pub fn headers(&self, call_id_header: &str, call_id: &str) -> Vec<u8> {
+        let retry_after = self.retry_after.map(|s| s.to_string());
+        let mut pairs = vec![
             ("content-type", "application/json"),
             (call_id_header, call_id),
             (INTERNAL_HEADER, INTERNAL_VALUE),
-        ]
+        ];
+        if let Some(seconds) = retry_after.as_deref() {
+            pairs.push(("retry-after", seconds));
+        }
+        crate::header_map::serialize(&pairs)
     }
 }
 
@@ -48,11 +51,41 @@ mod tests {
             status: 404,
             details: "faas_mesh_filter_not_found",
             error: "function not served by this pod",
+            retry_after: None,
         };
         let body: serde_json::Value =
             serde_json::from_slice(&reply.body("env", "a\"b")).unwrap_or_default();
         assert_eq!(body["error"], "function not served by this pod");
         assert_eq!(body["function"], "env");
         assert_eq!(body["call_id"], "a\"b");
+    }
+
+    #[test]
+    fn headers_carry_the_call_id_marker_and_retry_after() {
+        let reply = LocalReply {
+            status: 503,
+            details: "x",
+            error: "function not ready",
+            retry_after: Some(2),
+        };
+        let wire = reply.headers("x-call-id", "id-1");
+        let pairs: Vec<(&[u8], &[u8])> = crate::header_map::pairs(&wire).collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (&b"content-type"[..], &b"application/json"[..]),
+                (b"x-call-id", b"id-1"),
+                (b"x-openfaas-internal", b"faas-mesh-filter"),
+                (b"retry-after", b"2"),
+            ]
+        );
+        let no_retry = LocalReply {
+            retry_after: None,
+            ..reply
+        };
+        assert_eq!(
+            crate::header_map::pairs(&no_retry.headers("x-call-id", "id-1")).count(),
+            3
+        );
     }
 }

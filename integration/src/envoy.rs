@@ -275,6 +275,29 @@ impl Envoy {
             .unwrap_or(0))
     }
 
+    /// Waits until a stat satisfies `done` (or panics after `limit`, showing its last value).
+    pub async fn wait_for_stat(
+        &self,
+        name: &str,
+        limit: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.stat(name).await.unwrap_or(0);
+            if done(value) {
+                return value;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "stat {name} is still {value} after {limit:?}\n{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The name of one of the filter's extension-config-discovery counters
     /// (`update_success`, `update_rejected`, `config_fail`, ...).
     pub fn ecds_stat(&self, counter: &str) -> String {

@@ -20,3 +20,11 @@ pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
+
+/// A loopback port that was free a moment ago, for a process a test starts later (a function
+/// that comes up after Envoy). Another process could take it in between; on loopback, in a test
+/// run, that is rare enough.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,232 @@
+//! The readiness gate's state and decisions, without the host.
+//!
+//! Envoy runs one VM per worker; what one worker learns about the function must reach the
+//! others. The pod-wide truth lives in three shared-data records (process-wide, per VM id):
+//! - [`PodState`]: is the function ready, with a generation that grows on every change, so a
+//!   worker adopts only news and two workers never flip-flop over an old value;
+//! - the probe lease: the earliest time (ms) the next probe may start, so the pod sends at most
+//!   one probe at a time, `retry_interval_ms` apart, whichever worker sends it;
+//! - the number of requests held across all workers, for `max_pending`.
+//!
+//! Each worker keeps its own copy of the state (read on the request path as one flag) and its
+//! own list of held requests (a paused request can only be resumed by its own worker).
+
+use std::collections::VecDeque;
+
+/// Shared-data keys (the host scopes them to this VM id).
+pub const STATE_KEY: &str = "faas-mesh-filter.readiness.state";
+pub const LEASE_KEY: &str = "faas-mesh-filter.readiness.probe-lease";
+pub const PENDING_KEY: &str = "faas-mesh-filter.readiness.pending";
+
+/// The pod-wide readiness record: `<generation>:<0|1>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodState {
+    pub generation: u64,
+    pub ready: bool,
+}
+
+impl PodState {
+    /// Absent or unreadable means "never probed": generation 0, not ready.
+    pub fn decode(bytes: Option<&[u8]>) -> PodState {
+        let text = bytes
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        match text.split_once(':') {
+            Some((generation, ready)) => PodState {
+                generation: generation.parse().unwrap_or(0),
+                ready: ready == "1",
+            },
+            None => PodState::default(),
+        }
+    }
+
+    pub fn encode(self) -> Vec<u8> {
+        format!("{}:{}", self.generation, u8::from(self.ready)).into_bytes()
+    }
+
+    /// The record that announces `ready` after this one.
+    pub fn next(self, ready: bool) -> PodState {
+        PodState {
+            generation: self.generation.saturating_add(1),
+            ready,
+        }
+    }
+}
+
+/// Decodes a number kept in shared data (the lease and the pending count); absent is 0.
+pub fn decode_number(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A probe answer means ready when it is 2xx, or 429: of-watchdog's `/_/ready` says 429 when the
+/// function is alive but at its `max_inflight`, and a request held for it may as well queue
+/// there. No status (the call failed or timed out) is not ready.
+pub fn probe_says_ready(status: Option<u16>) -> bool {
+    matches!(status, Some(200..=299) | Some(429))
+}
+
+/// Envoy's response flags (`response.flags`) that mean the function's process is gone:
+/// UpstreamConnectionFailure (UF, 0x20) and UpstreamConnectionTermination (UC, 0x40).
+pub const UPSTREAM_GONE_FLAGS: u64 = 0x20 | 0x40;
+
+/// Whether a response with these flags should send the gate back to probing.
+pub fn upstream_gone(flags: u64) -> bool {
+    flags & UPSTREAM_GONE_FLAGS != 0
+}
+
+/// How often a worker wakes up to look at the shared state, expire held requests and probe:
+/// often enough that a request is released within a quarter of the retry interval of the probe
+/// that found the function ready, at least every 10 ms and at most every 50 ms.
+pub fn tick_ms(retry_interval_ms: u64) -> u64 {
+    (retry_interval_ms / 4).clamp(10, 50)
+}
+
+/// `Retry-After` (whole seconds, at least 1) for a 503 of the gate.
+pub fn retry_after_seconds(retry_interval_ms: u64) -> u64 {
+    retry_interval_ms.div_ceil(1000).max(1)
+}
+
+/// One request this worker holds, with what the adapter needs to answer or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held<T> {
+    pub context_id: u32,
+    pub since_ms: u64,
+    pub payload: T,
+}
+
+/// The requests one worker holds, oldest first.
+#[derive(Debug)]
+pub struct Waiting<T> {
+    held: VecDeque<Held<T>>,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Waiting {
+            held: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Waiting<T> {
+    pub fn hold(&mut self, context_id: u32, now_ms: u64, payload: T) {
+        self.held.push_back(Held {
+            context_id,
+            since_ms: now_ms,
+            payload,
+        });
+    }
+
+    /// Forgets a request (its client went away); `None` if it was not held.
+    pub fn remove(&mut self, context_id: u32) -> Option<Held<T>> {
+        let index = self.held.iter().position(|h| h.context_id == context_id)?;
+        self.held.remove(index)
+    }
+
+    /// Takes every request held for `max_wait_ms` or longer.
+    pub fn expired(&mut self, now_ms: u64, max_wait_ms: u64) -> Vec<Held<T>> {
+        let mut out = Vec::new();
+        // Oldest first, so the expired ones are a prefix.
+        while let Some(first) = self.held.front() {
+            if now_ms.saturating_sub(first.since_ms) < max_wait_ms {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Takes every held request (to release them all).
+    pub fn take_all(&mut self) -> Vec<Held<T>> {
+        self.held.drain(..).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_state_round_trips_and_defaults_to_not_ready() {
+        let s = PodState {
+            generation: 41,
+            ready: true,
+        };
+        assert_eq!(PodState::decode(Some(&s.encode())), s);
+        assert_eq!(s.encode(), b"41:1");
+        assert_eq!(PodState::decode(None), PodState::default());
+        assert_eq!(PodState::decode(Some(b"garbage")), PodState::default());
+        assert_eq!(
+            s.next(false),
+            PodState {
+                generation: 42,
+                ready: false
+            }
+        );
+    }
+
+    #[test]
+    fn probe_answers() {
+        for ready in [200, 204, 299, 429] {
+            assert!(probe_says_ready(Some(ready)), "{ready}");
+        }
+        for not_ready in [100, 301, 404, 500, 503] {
+            assert!(!probe_says_ready(Some(not_ready)), "{not_ready}");
+        }
+        assert!(!probe_says_ready(None));
+    }
+
+    #[test]
+    fn only_connection_failures_send_the_gate_back() {
+        assert!(upstream_gone(0x20));
+        assert!(upstream_gone(0x40 | 0x1000));
+        assert!(!upstream_gone(0));
+        assert!(!upstream_gone(0x10), "a reset stream is not a dead process");
+        assert!(
+            !upstream_gone(0x4),
+            "a timeout is a slow function, not a dead one"
+        );
+    }
+
+    #[test]
+    fn waiting_expires_the_oldest_and_forgets_the_gone() {
+        let mut w = Waiting::default();
+        w.hold(1, 100, "a");
+        w.hold(2, 150, "b");
+        w.hold(3, 400, "c");
+        assert_eq!(
+            w.remove(2).map(|h| (h.since_ms, h.payload)),
+            Some((150, "b"))
+        );
+        assert_eq!(w.remove(2), None);
+        let expired: Vec<u32> = w.expired(1100, 1000).iter().map(|h| h.context_id).collect();
+        assert_eq!(expired, vec![1]);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.take_all().len(), 1);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn timings() {
+        assert_eq!(tick_ms(100), 25);
+        assert_eq!(tick_ms(10), 10);
+        assert_eq!(tick_ms(10_000), 50);
+        assert_eq!(retry_after_seconds(100), 1);
+        assert_eq!(retry_after_seconds(2500), 3);
+        assert_eq!(decode_number(Some(b"17")), 17);
+        assert_eq!(decode_number(None), 0);
+    }
+}
