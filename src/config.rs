@@ -110,21 +110,6 @@ impl PolicyRules {
             rate_limit: over.rate_limit.or(self.rate_limit),
         }
     }
-
-    /// The first rule (by key name) that restricts traffic, if any.
-    pub fn first_rule(&self) -> Option<&'static str> {
-        [
-            ("methods", self.methods.is_some()),
-            ("principals", self.principals.is_some()),
-            ("require_mtls", self.require_mtls == Some(true)),
-            ("max_body_bytes", self.max_body_bytes.is_some()),
-            ("max_inflight", self.max_inflight.is_some()),
-            ("rate_limit", self.rate_limit.is_some()),
-        ]
-        .into_iter()
-        .find(|(_, set)| *set)
-        .map(|(key, _)| key)
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

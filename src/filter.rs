@@ -10,9 +10,11 @@
 
 use crate::call_id;
 use crate::config::Config;
+use crate::enforcement::Enforcer;
 use crate::header_map;
 use crate::host::{self, HostLogger};
 use crate::plan::{Plan, PodInfo};
+use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
 use crate::readiness::{Admission, Gate, HoldState};
 use crate::reply::LocalReply;
 use crate::rewrite::Route;
@@ -24,13 +26,15 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { plan: None, gate: None })
+        Box::new(Root { plan: None, gate: None, enforcer: None })
     });
 }}
 
 struct Root {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate>>,
+    /// Present when the local function's policy has rules and is not `off`.
+    enforcer: Option<Rc<Enforcer>>,
 }
 
 impl Context for Root {
@@ -67,6 +71,10 @@ impl RootContext for Root {
                         &plan.headers.call_id,
                     )
                 });
+                self.enforcer = plan
+                    .policy
+                    .is_active()
+                    .then(|| Rc::new(Enforcer::new(&plan.policy, plan.function_or_empty())));
                 let tick = self.gate.as_ref().map_or(0, |g| g.tick_ms());
                 if let Err(e) = host::set_tick_period_ms(u32::try_from(tick).unwrap_or(50)) {
                     log::warn!(
@@ -94,11 +102,14 @@ impl RootContext for Root {
         Some(Box::new(Call {
             plan: self.plan.clone(),
             gate: self.gate.clone(),
+            enforcer: self.enforcer.clone(),
             context_id,
             call_id: String::new(),
             start_nanos: 0,
             answered_locally: false,
             hold: None,
+            inflight: false,
+            counting_body: false,
         }))
     }
 
@@ -133,6 +144,7 @@ fn pod_info(label: &str) -> PodInfo {
 struct Call {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate>>,
+    enforcer: Option<Rc<Enforcer>>,
     context_id: u32,
     call_id: String,
     start_nanos: u64,
@@ -140,6 +152,11 @@ struct Call {
     answered_locally: bool,
     /// Set when the readiness gate held this request.
     hold: Option<Rc<Cell<HoldState>>>,
+    /// This request counts against `max_inflight` until it ends.
+    inflight: bool,
+    /// The body has no `Content-Length` and `max_body_bytes` is set: it is held and counted
+    /// until it is complete or too large.
+    counting_body: bool,
 }
 
 impl Call {
@@ -166,6 +183,12 @@ impl Context for Call {
     }
 
     fn on_done(&mut self) -> bool {
+        if self.inflight {
+            self.inflight = false;
+            if let Some(enforcer) = &self.enforcer {
+                enforcer.release_inflight();
+            }
+        }
         // A client that hangs up while held leaves the wait list.
         if self.is_held() {
             if let Some(gate) = &self.gate {
@@ -177,7 +200,7 @@ impl Context for Call {
 }
 
 impl HttpContext for Call {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(plan) = self.plan.clone() else {
             return Action::Continue;
         };
@@ -188,14 +211,33 @@ impl HttpContext for Call {
         let mut path: &[u8] = b"";
         let mut incoming_ids = 0u32;
         let mut incoming_id: &[u8] = b"";
+        let enforcer = self.enforcer.clone();
+        let mut method: &[u8] = b"";
+        let mut content_length = None;
+        let mut overrides: Vec<&[u8]> = Vec::new();
         for (name, value) in header_map::pairs(&headers) {
             if name == b":path" {
                 path = value;
             } else if name == names.call_id.as_bytes() {
                 incoming_ids += 1;
                 incoming_id = value;
+            } else if enforcer.is_some() {
+                if name == b":method" {
+                    method = value;
+                } else if name == b"content-length" {
+                    content_length = parse_content_length(value);
+                } else if METHOD_OVERRIDE_HEADERS.contains(&name) {
+                    overrides.push(value);
+                }
             }
         }
+        // The checks that need only the headers, made before the header map goes.
+        let header_checks = enforcer.as_ref().map(|e| {
+            (
+                e.policy().check_method(method, &overrides),
+                e.policy().check_length(content_length),
+            )
+        });
 
         let keep_id = names.trust_incoming_call_id
             && incoming_ids == 1
@@ -231,6 +273,7 @@ impl HttpContext for Call {
                         details: "faas_mesh_filter.function_not_found",
                         error: reason.message(),
                         retry_after: None,
+                        allow: None,
                     },
                 );
             }
@@ -251,6 +294,12 @@ impl HttpContext for Call {
             &names.start_time,
             self.start_nanos.to_string().as_bytes(),
         );
+        if let (Some(enforcer), Some((method_check, length_check))) = (enforcer, header_checks) {
+            if let Some(reply) = self.enforce(&enforcer, method_check, length_check) {
+                return self.answer(&plan, reply);
+            }
+            self.counting_body = enforcer.policy().counts_body(content_length) && !end_of_stream;
+        }
         if let Some(gate) = self.gate.clone() {
             if !gate.is_ready() {
                 match gate.admit(self.context_id, &self.call_id) {
@@ -263,10 +312,35 @@ impl HttpContext for Call {
                 }
             }
         }
+        // A body being counted is held back in `on_http_request_body`. The headers go on: a
+        // paused header phase would stop the body callbacks too (the host turns a header pause
+        // into "stop all iteration"), and the body could not be counted.
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.answered_locally {
+            return Action::Pause;
+        }
+        if self.counting_body {
+            // While paused, Envoy buffers the body and reports its whole size so far.
+            let over = self
+                .enforcer
+                .as_ref()
+                .is_some_and(|e| e.policy().body_over(body_size as u64));
+            if over {
+                self.counting_body = false;
+                if let Some(reply) = self.deny(Reason::BodySize, 0) {
+                    if let Some(plan) = self.plan.clone() {
+                        return self.answer(&plan, reply);
+                    }
+                }
+            } else if end_of_stream {
+                self.counting_body = false;
+            } else {
+                return Action::Pause;
+            }
+        }
         // While held, Envoy buffers the body; it reaches the function on release.
         if self.is_held() {
             Action::Pause
@@ -276,7 +350,9 @@ impl HttpContext for Call {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.is_held() {
+        // Trailers end the body (HTTP/2 bodies with trailers never see end_of_stream there).
+        self.counting_body = false;
+        if self.is_held() || self.answered_locally {
             Action::Pause
         } else {
             Action::Continue
@@ -344,9 +420,65 @@ const UNAVAILABLE: LocalReply = LocalReply {
     details: "faas_mesh_filter.no_entropy",
     error: "call id could not be generated",
     retry_after: None,
+    allow: None,
 };
 
 impl Call {
+    /// Runs the policy on a request's headers: the reply to send when a check denies it in
+    /// enforce mode. In audit mode denials are counted and logged and the request goes on.
+    fn enforce(
+        &mut self,
+        enforcer: &Enforcer,
+        method_check: Result<(), Reason>,
+        length_check: Result<(), Reason>,
+    ) -> Option<LocalReply> {
+        let policy = enforcer.policy();
+        let mut denied = false;
+        let mut outcome = |check: Result<(), Reason>, retry_after: u64| -> Option<LocalReply> {
+            let reason = check.err()?;
+            denied = true;
+            enforcer.deny(reason, &self.call_id, retry_after)
+        };
+        if policy.needs_peer() {
+            let (mtls, peer) = Enforcer::peer();
+            if let Some(reply) = outcome(policy.check_peer(mtls, peer.as_deref()), 0) {
+                return Some(reply);
+            }
+        }
+        if let Some(reply) = outcome(method_check, 0) {
+            return Some(reply.with_allow(&policy.allow));
+        }
+        if let Some(reply) = outcome(length_check, 0) {
+            return Some(reply);
+        }
+        if let Some(limit) = &policy.rate_limit {
+            let now = host::now_nanos().unwrap_or(0) / 1_000_000;
+            let check = enforcer.take_token(limit, now);
+            let retry_after = check.err().map_or(1, |ms| ms.div_ceil(1000));
+            if let Some(reply) = outcome(check.map_err(|_| Reason::RateLimit), retry_after) {
+                return Some(reply);
+            }
+        }
+        if let Some(max) = policy.max_inflight {
+            if enforcer.take_inflight(max) {
+                self.inflight = true;
+            } else if let Some(reply) = outcome(Err(Reason::Inflight), 1) {
+                return Some(reply);
+            }
+        }
+        if !denied {
+            enforcer.count_allowed();
+        }
+        None
+    }
+
+    /// A denial found after the headers (the body size).
+    fn deny(&self, reason: Reason, retry_after: u64) -> Option<LocalReply> {
+        self.enforcer
+            .as_ref()
+            .and_then(|e| e.deny(reason, &self.call_id, retry_after))
+    }
+
     /// Answers the request from the filter, with the call id and the internal marker.
     fn answer(&mut self, plan: &Plan, reply: LocalReply) -> Action {
         let names = &plan.headers;

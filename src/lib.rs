@@ -6,6 +6,7 @@
 //! - [`rewrite`]: `/function/<name>/...` paths to what the function expects;
 //! - [`call_id`], [`timing`]: the values of the call-id, start-time and duration headers;
 //! - [`reply`]: the filter's own replies;
+//! - [`policy`]: per-function policy checks and the rate-limit bucket;
 //! - [`gate`]: the readiness gate's shared records and decisions;
 //! - [`header_map`]: the proxy-wasm header map wire format.
 //!
@@ -26,10 +27,13 @@ pub mod config;
 pub mod gate;
 pub mod header_map;
 pub mod plan;
+pub mod policy;
 pub mod reply;
 pub mod rewrite;
 pub mod timing;
 
+#[cfg(target_arch = "wasm32")]
+mod enforcement;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 #[cfg(target_arch = "wasm32")]

@@ -1,9 +1,8 @@
 //! The compiled configuration of one pod: everything a request needs, resolved once in
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
-use crate::config::{
-    Config, ConfigError, HeadersSection, PolicyMode, PolicyRules, ReadinessSection,
-};
+use crate::config::{Config, ConfigError, HeadersSection, ReadinessSection};
+use crate::policy::Policy;
 use crate::rewrite::Rewriter;
 
 /// What Istio tells the sidecar about its pod (node metadata), read once at configure time.
@@ -23,8 +22,8 @@ pub struct Plan {
     pub rewriter: Rewriter,
     pub headers: HeadersSection,
     /// The effective policy of the local function: `policy.default` overridden key by key by
-    /// its entry in `policy.functions`.
-    pub policy: PolicyRules,
+    /// its entry in `policy.functions`, compiled.
+    pub policy: Policy,
     /// The readiness gate's settings; `None` when `readiness.enabled` is false.
     pub readiness: Option<ReadinessSection>,
     /// Things worth one log line at start-up (not errors).
@@ -33,7 +32,6 @@ pub struct Plan {
 
 impl Plan {
     pub fn compile(config: &Config, pod: &PodInfo) -> Result<Plan, ConfigError> {
-        reject_unenforced_rules(config)?;
         let mut notices = Vec::new();
         let function = match (&config.function.name, &pod.label_value) {
             (Some(name), _) => Some(name.clone()),
@@ -57,13 +55,14 @@ impl Plan {
             }
         };
         let namespace = pod.namespace.clone().filter(|ns| !ns.is_empty());
-        let policy = match function
+        let rules = match function
             .as_ref()
             .and_then(|f| config.policy.functions.get(f))
         {
             Some(entry) => config.policy.default.merged_with(entry),
             None => config.policy.default.clone(),
         };
+        let policy = Policy::compile(&rules);
         Ok(Plan {
             rewriter: Rewriter::new(
                 &config.rewrite.prefix,
@@ -84,36 +83,4 @@ impl Plan {
     pub fn function_or_empty(&self) -> &str {
         self.function.as_deref().unwrap_or("")
     }
-}
-
-/// Policy rules are validated (so a manifest written for the next version is checked today)
-/// but not yet enforced. Accepting one silently would let an operator believe a function is
-/// protected when it is not, so a rule in an `enforce` or `audit` entry refuses the
-/// configuration, naming it.
-fn reject_unenforced_rules(config: &Config) -> Result<(), ConfigError> {
-    let default = &config.policy.default;
-    let enforced =
-        |rules: &PolicyRules| rules.mode.unwrap_or(PolicyMode::Enforce) != PolicyMode::Off;
-    let refuse = |path: String| {
-        ConfigError::new(
-            path,
-            "policy rules are not enforced by this version of faas-mesh-filter; remove the rule \
-             or set the entry's mode to \"off\"",
-        )
-    };
-    if let (true, Some(rule)) = (enforced(default), default.first_rule()) {
-        return Err(refuse(format!("policy.default.{rule}")));
-    }
-    for (name, entry) in &config.policy.functions {
-        let effective = default.merged_with(entry);
-        if let (true, Some(rule)) = (enforced(&effective), effective.first_rule()) {
-            let owner = if entry.first_rule() == Some(rule) {
-                format!("policy.functions.{name}")
-            } else {
-                "policy.default".to_string()
-            };
-            return Err(refuse(format!("{owner}.{rule}")));
-        }
-    }
-    Ok(())
 }

@@ -381,6 +381,7 @@ impl Gate {
             details: "faas_mesh_filter.not_ready",
             error: "function not ready",
             retry_after: Some(gate::retry_after_seconds(self.settings.retry_interval_ms)),
+            allow: None,
         };
         self.send(held.context_id, &reply, &held.payload.call_id);
     }
@@ -392,6 +393,7 @@ impl Gate {
             details: "faas_mesh_filter.pending_full",
             error: "too many requests waiting for the function to become ready",
             retry_after: Some(gate::retry_after_seconds(self.settings.retry_interval_ms)),
+            allow: None,
         }
     }
 

@@ -15,9 +15,18 @@ pub struct LocalReply {
     pub error: &'static str,
     /// `Retry-After` in seconds, for replies that say "try again later".
     pub retry_after: Option<u64>,
+    /// `Allow` (the methods a 405 would have accepted).
+    pub allow: Option<String>,
 }
 
 impl LocalReply {
+    pub fn with_allow(self, allow: &str) -> LocalReply {
+        LocalReply {
+            allow: Some(allow.to_string()),
+            ..self
+        }
+    }
+
     /// The JSON body: `{"error": "...", "function": "...", "call_id": "..."}`.
     pub fn body(&self, function: &str, call_id: &str) -> Vec<u8> {
         json!({ "error": self.error, "function": function, "call_id": call_id })
@@ -37,6 +46,9 @@ impl LocalReply {
         if let Some(seconds) = retry_after.as_deref() {
             pairs.push(("retry-after", seconds));
         }
+        if let Some(allow) = self.allow.as_deref() {
+            pairs.push(("allow", allow));
+        }
         crate::header_map::serialize(&pairs)
     }
 }
@@ -52,6 +64,7 @@ mod tests {
             details: "faas_mesh_filter_not_found",
             error: "function not served by this pod",
             retry_after: None,
+            allow: None,
         };
         let body: serde_json::Value =
             serde_json::from_slice(&reply.body("env", "a\"b")).unwrap_or_default();
@@ -67,6 +80,7 @@ mod tests {
             details: "x",
             error: "function not ready",
             retry_after: Some(2),
+            allow: None,
         };
         let wire = reply.headers("x-call-id", "id-1");
         let pairs: Vec<(&[u8], &[u8])> = crate::header_map::pairs(&wire).collect();

@@ -125,25 +125,6 @@ fn configurations_refused_with_the_key_path() {
 }
 
 #[test]
-fn policy_rules_refused_until_enforced() {
-    let pod = PodInfo {
-        label_value: Some("env".into()),
-        namespace: Some("openfaas-fn".into()),
-    };
-    for case in vectors("config.json")["unenforced"]
-        .as_array()
-        .expect("unenforced")
-    {
-        let config = Config::parse(raw(case).as_bytes()).expect("parses");
-        let got = Plan::compile(&config, &pod)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        let want = case["error"].as_str().map(str::to_string);
-        assert_eq!(got.err(), want, "{case}");
-    }
-}
-
-#[test]
 fn call_id_vectors() {
     for case in vectors("call_id.json")["cases"].as_array().expect("cases") {
         let value = case["value"].as_str().expect("value");
@@ -197,7 +178,7 @@ fn plan_resolves_the_local_function() {
     .expect("plan");
     assert_eq!(
         merged.policy.mode,
-        Some(PolicyMode::Off),
+        PolicyMode::Off,
         "a function's entry overrides the default"
     );
     let default_only = Plan::compile(
@@ -207,7 +188,40 @@ fn plan_resolves_the_local_function() {
     .expect("plan");
     assert_eq!(
         default_only.policy.mode,
-        Some(PolicyMode::Audit),
+        PolicyMode::Audit,
         "no entry: the default"
     );
+}
+
+#[test]
+fn the_local_functions_entry_overrides_the_default_rule_by_rule() {
+    let config = Config::parse(
+        br#"{"policy": {"default": {"methods": ["GET"], "max_body_bytes": 10},
+                        "functions": {"env": {"methods": ["POST"]}, "figlet": {"mode": "off"}}}}"#,
+    )
+    .unwrap();
+    let plan = |label: &str| {
+        Plan::compile(
+            &config,
+            &PodInfo {
+                label_value: Some(label.into()),
+                namespace: None,
+            },
+        )
+        .unwrap()
+    };
+    let env = plan("env");
+    assert!(env.policy.is_active());
+    assert_eq!(
+        env.policy.allow, "POST",
+        "the entry's methods replace the default's"
+    );
+    assert_eq!(
+        env.policy.max_body_bytes,
+        Some(10),
+        "the default's other rules stay"
+    );
+    let other = plan("shasum");
+    assert_eq!(other.policy.allow, "GET", "no entry: the default");
+    assert!(!plan("figlet").policy.is_active(), "mode off: no checks");
 }

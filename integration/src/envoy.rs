@@ -49,6 +49,9 @@ pub struct EnvoyOptions {
     pub admin_port: u16,
     /// Worker threads (`--concurrency`).
     pub concurrency: u32,
+    /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
+    /// the peer's identity is its certificate's SPIFFE URI SAN).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl EnvoyOptions {
@@ -62,6 +65,7 @@ impl EnvoyOptions {
             listener_port: 0,
             admin_port: 0,
             concurrency: 2,
+            tls: None,
         }
     }
 
@@ -175,6 +179,8 @@ impl Envoy {
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
             .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+            // Flush the log often, so a test reads what the filter just logged.
+            .args(["--file-flush-interval-msec", "20"])
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output);
@@ -516,7 +522,32 @@ fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Val
         ]
     });
 
+    let mut filter_chain = json!({
+        "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }]
+    });
+    if let Some(tls) = &options.tls {
+        filter_chain["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                // Asked for, not demanded: the filter's policy decides what a caller without
+                // one gets.
+                "require_client_certificate": false,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": { "filename": tls.cert.display().to_string() },
+                        "private_key": { "filename": tls.key.display().to_string() }
+                    }],
+                    "validation_context": {
+                        "trusted_ca": { "filename": tls.ca.display().to_string() }
+                    }
+                }
+            }
+        });
+    }
+
     json!({
+        "stats_config": { "stats_tags": stats_tags() },
         "node": {
             "id": format!("sidecar~127.0.0.1~{function}-7c9d8b6f5-x2x4z.{namespace}~{namespace}.svc.cluster.local"),
             "cluster": format!("{function}.{namespace}"),
@@ -529,13 +560,24 @@ fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Val
             "listeners": [{
                 "name": "virtualInbound",
                 "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.listener_port } },
-                "filter_chains": [{
-                    "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }]
-                }]
+                "filter_chains": [filter_chain]
             }],
             "clusters": [inbound_cluster, readiness_cluster]
         }
     })
+}
+
+/// Tag extraction for the filter's policy stats, so `/stats/prometheus` shows one metric per
+/// outcome with `function` and `reason` labels (the same rules go into a sidecar's bootstrap;
+/// see the README). Envoy removes the first capture group from the name and takes the second as
+/// the tag's value.
+pub fn stats_tags() -> Value {
+    json!([
+        { "tag_name": "function",
+          "regex": "^wasmcustom\\.faas_mesh_filter\\.policy\\.(function\\.([^.]+)\\.)" },
+        { "tag_name": "reason",
+          "regex": "^wasmcustom\\.faas_mesh_filter\\.policy\\.function\\.[^.]+\\.(reason\\.([^.]+)\\.)" }
+    ])
 }
 
 /// Points every endpoint of a STATIC cluster at the given loopback port.

@@ -49,6 +49,45 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The request as bytes on the wire. A body is sent with `Content-Length`, unless the
+    /// request carries `Transfer-Encoding: chunked`: then in chunks of 64 bytes, with no length.
+    pub fn wire(&self, host: &str) -> Vec<u8> {
+        let mut wire = format!("{} {} HTTP/1.1\r\n", self.method, self.target).into_bytes();
+        let has = |name: &str| {
+            self.headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        if !has("host") {
+            wire.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
+        }
+        for (name, value) in &self.headers {
+            wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        let chunked = self.headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if !chunked
+            && (!self.body.is_empty() || matches!(self.method.as_str(), "POST" | "PUT" | "PATCH"))
+        {
+            wire.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        }
+        wire.extend_from_slice(b"Connection: close\r\n\r\n");
+        if chunked {
+            for chunk in self.body.chunks(64) {
+                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            wire.extend_from_slice(&self.body);
+        }
+        wire
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -96,30 +135,19 @@ pub async fn send(addr: SocketAddr, request: &Request) -> io::Result<Response> {
 }
 
 async fn send_inner(addr: SocketAddr, request: &Request) -> io::Result<Response> {
-    let mut wire = format!("{} {} HTTP/1.1\r\n", request.method, request.target).into_bytes();
-    let has = |name: &str| {
-        request
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name))
-    };
-    if !has("host") {
-        wire.extend_from_slice(format!("Host: {addr}\r\n").as_bytes());
-    }
-    for (name, value) in &request.headers {
-        wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    if !request.body.is_empty() || matches!(request.method.as_str(), "POST" | "PUT" | "PATCH") {
-        wire.extend_from_slice(format!("Content-Length: {}\r\n", request.body.len()).as_bytes());
-    }
-    wire.extend_from_slice(b"Connection: close\r\n\r\n");
-    wire.extend_from_slice(&request.body);
+    let wire = request.wire(&addr.to_string());
+    let stream = TcpStream::connect(addr).await?;
+    exchange(stream, &wire, request.method == "HEAD").await
+}
 
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(&wire).await?;
+/// Writes a request and reads its response on any byte stream (plain TCP or TLS).
+pub(crate) async fn exchange<S>(mut stream: S, wire: &[u8], head_only: bool) -> io::Result<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(wire).await?;
     // Read until the response is complete by its own framing, not until the server closes: after
     // a local reply Envoy may wait (delayed close) for the client to hang up first.
-    let head_only = request.method == "HEAD";
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {

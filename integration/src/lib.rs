@@ -6,12 +6,14 @@
 //! - [`envoy::Envoy`]: the pinned Envoy binary, configured from the patches in
 //!   `envoyfilter/envoyfilter.yaml`, with the release `.wasm` loaded by file-based ECDS;
 //! - [`http`]: a small HTTP/1.1 client that sends exactly the bytes a test asks for (duplicate
-//!   headers, odd request targets), and an HTTP/2 (prior knowledge) client.
+//!   headers, odd request targets), and an HTTP/2 (prior knowledge) client;
+//! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities.
 
 pub mod envoy;
 pub mod http;
 pub mod manifest;
 pub mod stand_in;
+pub mod tls;
 
 use std::path::PathBuf;
 

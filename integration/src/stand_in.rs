@@ -34,6 +34,9 @@ struct State {
     probes: AtomicU64,
     /// What the function received, in order: the echo of each call.
     received: Mutex<Vec<Value>>,
+    /// Calls being answered now, and the most there ever were at once.
+    active: AtomicU64,
+    max_active: AtomicU64,
 }
 
 /// A running stand-in function; stops when dropped.
@@ -86,7 +89,23 @@ impl StandInFunction {
         self.state.probes.load(Ordering::SeqCst)
     }
 
-    /// The echo of every call the function received, oldest first.
+    /// The most calls the function was answering at the same time.
+    pub fn max_concurrent(&self) -> u64 {
+        self.state.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Calls it is answering right now.
+    pub fn active(&self) -> u64 {
+        self.state.active.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the high-water mark (before the next burst).
+    pub fn reset_max_concurrent(&self) {
+        self.state.max_active.store(0, Ordering::SeqCst);
+    }
+
+    /// The echo of every call the function received whole, oldest first (a request cut off
+    /// mid-body is counted in [`StandInFunction::calls`] but not echoed here).
     pub fn received(&self) -> Vec<Value> {
         self.state
             .received
@@ -155,6 +174,16 @@ async fn handle(
     }
 
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let now_active = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_active.fetch_max(now_active, Ordering::SeqCst);
+    // Decremented however this call ends (answered, or dropped when the client goes away).
+    struct Active(Arc<State>);
+    impl Drop for Active {
+        fn drop(&mut self) {
+            self.0.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _active = Active(state.clone());
     let method = req.method().to_string();
     let mut headers = Map::new();
     for (name, value) in req.headers() {
@@ -180,12 +209,11 @@ async fn handle(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let duration = steer("x-stand-in-duration");
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        // The request was cut off (Envoy reset it): the function never got a whole request.
+        Err(_) => return Ok(reply(400, "text/plain", b"incomplete request".to_vec())),
+    };
     let echo = json!({
         "method": method,
         "path": path,

@@ -1,0 +1,412 @@
+//! Per-function policy through a real Envoy: caller identity from mTLS, methods, body size,
+//! concurrency and rate limits, in enforce and audit mode, and the stats they leave.
+
+use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::stand_in::StandInFunction;
+use faas_mesh_integration::tls::Pki;
+use std::time::{Duration, Instant};
+
+const GATEWAY: &str = "spiffe://cluster.local/ns/openfaas/sa/gateway";
+const QUEUE_WORKER: &str = "spiffe://cluster.local/ns/openfaas/sa/queue-worker";
+const OTHER: &str = "spiffe://cluster.local/ns/openfaas-fn/sa/default";
+
+/// The stat of a policy outcome: `allowed`, or `<reason>.denied` / `<reason>.audited`.
+fn stat_name(function: &str, outcome: &str) -> String {
+    match outcome.split_once('.') {
+        Some((reason, what)) => {
+            format!("wasmcustom.faas_mesh_filter.policy.function.{function}.reason.{reason}.{what}")
+        }
+        None => format!("wasmcustom.faas_mesh_filter.policy.function.{function}.{outcome}"),
+    }
+}
+
+async fn stat(envoy: &Envoy, outcome: &str) -> u64 {
+    envoy.stat(&stat_name("env", outcome)).await.expect("stats")
+}
+
+async fn pod(options: impl FnOnce(EnvoyOptions) -> EnvoyOptions) -> (StandInFunction, Envoy) {
+    let function = StandInFunction::start().await.expect("function");
+    let envoy = Envoy::start(options(EnvoyOptions::for_function(function.port())))
+        .await
+        .expect("Envoy");
+    assert_eq!(
+        envoy.initial_config(),
+        ConfigOutcome::Accepted,
+        "{}",
+        envoy.log()
+    );
+    (function, envoy)
+}
+
+async fn plain_pod(config: &str) -> (StandInFunction, Envoy) {
+    pod(|o| o.config(config)).await
+}
+
+fn assert_denied(response: &Response, status: u16, error: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert_eq!(
+        response.header("x-openfaas-internal"),
+        Some("faas-mesh-filter")
+    );
+    let body = response.json();
+    assert_eq!(body["error"], error);
+    assert_eq!(body["function"], "env");
+    assert_eq!(
+        body["call_id"].as_str(),
+        response.header("x-call-id"),
+        "the reply names its call id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_told_apart_by_their_mtls_identity_not_by_headers() {
+    let pki = Pki::new().expect("pki");
+    let config = r#"{"policy": {"functions": {"env": {"principals": ["spiffe://cluster.local/ns/openfaas/sa/*"]}}}}"#;
+    let (function, envoy) = pod(|mut o| {
+        o.tls = Some(pki.server());
+        o.config(config)
+    })
+    .await;
+    let gateway = pki.identity(GATEWAY).expect("cert");
+    let queue_worker = pki.identity(QUEUE_WORKER).expect("cert");
+    let other = pki.identity(OTHER).expect("cert");
+    let get = Request::get("/function/env/x");
+
+    for id in [&gateway, &queue_worker] {
+        let response = pki.send(envoy.addr(), Some(id), &get).await.expect("send");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let response = pki
+        .send(envoy.addr(), Some(&other), &get)
+        .await
+        .expect("send");
+    assert_denied(&response, 403, "caller not allowed");
+
+    let response = pki.send(envoy.addr(), None, &get).await.expect("send");
+    assert_denied(&response, 403, "mutual TLS required");
+    // A forged client-certificate header naming an allowed identity changes nothing.
+    let forged = Request::get("/function/env/x").header(
+        "X-Forwarded-Client-Cert",
+        &format!("By=spiffe://cluster.local/ns/openfaas-fn/sa/env;URI={GATEWAY}"),
+    );
+    let response = pki.send(envoy.addr(), None, &forged).await.expect("send");
+    assert_denied(&response, 403, "mutual TLS required");
+    let response = pki
+        .send(envoy.addr(), Some(&other), &forged)
+        .await
+        .expect("send");
+    assert_denied(&response, 403, "caller not allowed");
+
+    assert_eq!(function.calls(), 2);
+    assert_eq!(stat(&envoy, "allowed").await, 2);
+    assert_eq!(stat(&envoy, "principal.denied").await, 2);
+    assert_eq!(stat(&envoy, "mtls.denied").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_mtls_wants_a_certificate_and_audit_mode_lets_through() {
+    let pki = Pki::new().expect("pki");
+    let (_f, envoy) = pod(|mut o| {
+        o.tls = Some(pki.server());
+        o.config(r#"{"policy": {"default": {"require_mtls": true}}}"#)
+    })
+    .await;
+    let other = pki.identity(OTHER).expect("cert");
+    let get = Request::get("/function/env/");
+    assert_eq!(
+        pki.send(envoy.addr(), Some(&other), &get)
+            .await
+            .expect("send")
+            .status,
+        200
+    );
+    assert_denied(
+        &pki.send(envoy.addr(), None, &get).await.expect("send"),
+        403,
+        "mutual TLS required",
+    );
+    drop(envoy);
+
+    // The same principals rule in audit mode: everyone passes, denials are counted and logged.
+    let (function, envoy) = pod(|mut o| {
+        o.tls = Some(pki.server());
+        o.config(
+            r#"{"policy": {"default": {"mode": "audit", "principals": ["spiffe://cluster.local/ns/openfaas/sa/*"]}}}"#,
+        )
+    })
+    .await;
+    for id in [Some(&other), None] {
+        assert_eq!(
+            pki.send(envoy.addr(), id, &get).await.expect("send").status,
+            200
+        );
+    }
+    assert_eq!(function.calls(), 2);
+    assert_eq!(stat(&envoy, "principal.audited").await, 1);
+    assert_eq!(stat(&envoy, "mtls.audited").await, 1);
+    assert_eq!(stat(&envoy, "principal.denied").await, 0);
+    assert_eq!(stat(&envoy, "allowed").await, 0);
+    let log = envoy.log();
+    assert!(
+        log.contains("would be denied (principal); let through"),
+        "no audit line:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_are_enforced_including_override_headers() {
+    let (function, envoy) =
+        plain_pod(r#"{"policy": {"default": {"methods": ["GET", "POST"]}}}"#).await;
+    assert_eq!(envoy.get("/function/env/").await.status, 200);
+    let response = envoy
+        .send(&Request::new("DELETE", "/function/env/item/1"))
+        .await
+        .expect("send");
+    assert_denied(&response, 405, "method not allowed");
+    assert_eq!(response.header("allow"), Some("GET, POST"));
+    let response = envoy
+        .send(
+            &Request::new("POST", "/function/env/item/1")
+                .header("X-HTTP-Method-Override", "DELETE")
+                .body("x"),
+        )
+        .await
+        .expect("send");
+    assert_denied(&response, 405, "method not allowed");
+    // Paths do not choose the rule: an unprefixed or oddly written path meets the same policy.
+    for target in ["/item/1", "//function/env/x", "/function/env.openfaas-fn/x"] {
+        let response = envoy
+            .send(&Request::new("DELETE", target))
+            .await
+            .expect("send");
+        assert_eq!(response.status, 405, "{target}");
+    }
+    // Methods are case-sensitive: `get` is not `GET` (Envoy may refuse it first).
+    let response = envoy
+        .send(&Request::new("get", "/function/env/"))
+        .await
+        .expect("send");
+    assert!(matches!(response.status, 400 | 405), "{}", response.status);
+    assert_eq!(function.calls(), 1);
+    assert_eq!(stat(&envoy, "method.denied").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_entry_overrides_the_default_rule_by_rule() {
+    let config = r#"{"policy": {
+        "default": {"methods": ["GET"], "max_body_bytes": 16},
+        "functions": {"env": {"methods": ["GET", "PUT"]}, "figlet": {"mode": "off"}}}}"#;
+    let (_f, envoy) = plain_pod(config).await;
+    let put = |body: &str| Request::new("PUT", "/function/env/").body(body.to_string());
+    assert_eq!(envoy.send(&put("small")).await.expect("send").status, 200);
+    assert_denied(
+        &envoy.send(&put(&"x".repeat(17))).await.expect("send"),
+        413,
+        "request body too large",
+    );
+    drop(envoy);
+
+    // figlet's entry turns the policy off; shasum has no entry and gets the default.
+    let (_f, envoy) = pod(|o| o.labels(&[("faas_function", "figlet")]).config(config)).await;
+    let response = envoy
+        .send(&Request::new("PUT", "/function/figlet/").body("x".repeat(100)))
+        .await
+        .expect("send");
+    assert_eq!(response.status, 200);
+    drop(envoy);
+    let (_f, envoy) = pod(|o| o.labels(&[("faas_function", "shasum")]).config(config)).await;
+    let response = envoy
+        .send(&Request::new("PUT", "/function/shasum/"))
+        .await
+        .expect("send");
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_with_and_without_content_length() {
+    let (function, envoy) = plain_pod(r#"{"policy": {"default": {"max_body_bytes": 1000}}}"#).await;
+    let post = |len: usize, chunked: bool| {
+        let request = Request::new("POST", "/function/env/upload").body("b".repeat(len));
+        if chunked {
+            request.header("Transfer-Encoding", "chunked")
+        } else {
+            request
+        }
+    };
+    for chunked in [false, true] {
+        let response = envoy.send(&post(1000, chunked)).await.expect("send");
+        assert_eq!(
+            response.status,
+            200,
+            "chunked {chunked}: {}",
+            response.text()
+        );
+        assert_eq!(response.json()["body"].as_str().map(str::len), Some(1000));
+        let before = function.calls();
+        let response = envoy.send(&post(1001, chunked)).await.expect("send");
+        assert_denied(&response, 413, "request body too large");
+        if !chunked {
+            // By Content-Length: refused before a byte goes to the function.
+            assert_eq!(function.calls(), before, "the function saw the request");
+        }
+    }
+    // Counted bodies: the function may see the headers of the refused request, never its body.
+    assert!(
+        function
+            .received()
+            .iter()
+            .all(|echo| echo["body"].as_str().map_or(0, str::len) <= 1000),
+        "an oversized body reached the function"
+    );
+    // A GET without a body is not held for counting.
+    assert_eq!(envoy.get("/function/env/").await.status, 200);
+    assert_eq!(stat(&envoy, "body_size.denied").await, 2);
+    drop(envoy);
+
+    let (function, envoy) =
+        plain_pod(r#"{"policy": {"default": {"mode": "audit", "max_body_bytes": 10}}}"#).await;
+    for chunked in [false, true] {
+        assert_eq!(
+            envoy.send(&post(50, chunked)).await.expect("send").status,
+            200
+        );
+    }
+    assert_eq!(function.calls(), 2);
+    assert_eq!(stat(&envoy, "body_size.audited").await, 2);
+}
+
+/// 20 slow requests at once against `max_inflight: 4`, with two Envoy workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_holds_across_workers_and_never_drifts() {
+    let (function, envoy) = plain_pod(r#"{"policy": {"default": {"max_inflight": 4}}}"#).await;
+    let inflight = "wasmcustom.faas_mesh_filter.policy.function.env.inflight";
+    let burst = |envoy_addr| async move {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            calls.spawn(async move {
+                let request = Request::get(&format!("/function/env/slow/{i}"))
+                    .header("X-Stand-In-Sleep-Ms", "400");
+                http::send(envoy_addr, &request).await.expect("send")
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            let response = done.expect("task");
+            if response.status == 429 {
+                assert_denied(&response, 429, "too many requests in flight");
+                assert_eq!(response.header("retry-after"), Some("1"));
+            }
+            statuses.push(response.status);
+        }
+        statuses
+    };
+    for round in 0..2 {
+        function.reset_max_concurrent();
+        let statuses = burst(envoy.addr()).await;
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((ok, limited), (4, 16), "round {round}: {statuses:?}");
+        assert_eq!(function.max_concurrent(), 4, "round {round}");
+        envoy
+            .wait_for_stat(inflight, Duration::from_secs(5), |v| v == 0)
+            .await;
+    }
+
+    // Clients that give up mid-request release their slots too.
+    let mut aborted = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let addr = envoy.addr();
+        aborted.spawn(async move {
+            let request = Request::get(&format!("/function/env/abort/{i}"))
+                .header("X-Stand-In-Sleep-Ms", "5000");
+            let _ =
+                tokio::time::timeout(Duration::from_millis(300), http::send(addr, &request)).await;
+        });
+    }
+    while aborted.join_next().await.is_some() {}
+    envoy
+        .wait_for_stat(inflight, Duration::from_secs(5), |v| v == 0)
+        .await;
+    function.reset_max_concurrent();
+    let statuses = burst(envoy.addr()).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(stat(&envoy, "inflight.denied").await, 3 * 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_is_a_token_bucket_per_pod() {
+    let (_f, envoy) = plain_pod(
+        r#"{"policy": {"default": {"rate_limit": {"requests_per_second": 5, "burst": 10}}}}"#,
+    )
+    .await;
+    let started = Instant::now();
+    let mut ok = 0u64;
+    let mut limited = 0u64;
+    for i in 0..40 {
+        let response = envoy.get(&format!("/function/env/{i}")).await;
+        match response.status {
+            200 => ok += 1,
+            429 => {
+                assert_denied(&response, 429, "rate limit exceeded");
+                let retry: u64 = response
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After");
+                assert!((1..=1).contains(&retry), "Retry-After {retry}");
+                limited += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The burst of 10, plus what refilled at 5/s while the 40 requests were sent (one more for
+    // a refill landing between two requests). Across both workers: one bucket per pod.
+    let most = 10 + (elapsed * 5.0).ceil() as u64 + 1;
+    assert!(
+        (10..=most).contains(&ok),
+        "{ok} allowed in {elapsed:.2}s (expected 10..={most})"
+    );
+    assert_eq!(ok + limited, 40);
+    assert_eq!(stat(&envoy, "rate_limit.denied").await, limited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_prometheus_metrics_labelled_by_function_and_reason() {
+    let (_f, envoy) = plain_pod(r#"{"policy": {"default": {"methods": ["GET"]}}}"#).await;
+    assert_eq!(envoy.get("/function/env/").await.status, 200);
+    assert_eq!(
+        envoy
+            .send(&Request::new("DELETE", "/function/env/"))
+            .await
+            .expect("send")
+            .status,
+        405
+    );
+    let text = http::send(envoy.admin_addr(), &Request::get("/stats/prometheus"))
+        .await
+        .expect("prometheus")
+        .text();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{}", grep(&text, "faas_mesh")))
+            .to_string()
+    };
+    assert!(line("faas_mesh_filter_policy_allowed{function=\"env\"}").ends_with(" 1"));
+    assert!(
+        line("faas_mesh_filter_policy_denied{function=\"env\",reason=\"method\"}").ends_with(" 1")
+    );
+}
+
+fn grep(text: &str, needle: &str) -> String {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
