@@ -5,6 +5,7 @@
 use crate::config::{PolicyMode, RateLimit};
 use crate::gate::decode_number;
 use crate::host;
+use crate::metrics;
 use crate::policy::{Bucket, Policy, Reason};
 use crate::reply::LocalReply;
 use proxy_wasm::types::MetricType;
@@ -30,36 +31,34 @@ fn index(reason: Reason) -> usize {
 }
 
 impl Enforcer {
-    /// Defines the stats: `faas_mesh_filter.policy.function.<f>.allowed` and, per reason the
-    /// policy can deny for, `….reason.<r>.denied` (enforce) or `….audited` (audit).
+    /// Defines the stats (see [`crate::metrics`]): `….policy.allowed`, per reason the policy
+    /// can deny for `….policy.reason.<r>.denied` (enforce) and `….audited` (audit), and the
+    /// `….policy.inflight` gauge.
     pub fn new(policy: &Policy, function: &str) -> Enforcer {
-        let name = if function.is_empty() {
-            "unknown"
-        } else {
-            function
-        };
-        let base = format!("faas_mesh_filter.policy.function.{name}");
         let counter = |n: String| host::define_metric(MetricType::Counter, &n).ok();
         let mut denied = PerReason::default();
         let mut audited = PerReason::default();
         for reason in policy.reasons() {
             let slot = index(reason);
-            let prefix = format!("{base}.reason.{}", reason.tag());
             if let Some(d) = denied.get_mut(slot) {
-                *d = counter(format!("{prefix}.denied"));
+                *d = counter(metrics::policy_reason(function, reason.tag(), "denied"));
             }
             if let Some(a) = audited.get_mut(slot) {
-                *a = counter(format!("{prefix}.audited"));
+                *a = counter(metrics::policy_reason(function, reason.tag(), "audited"));
             }
         }
         Enforcer {
             policy: policy.clone(),
-            function: name.to_string(),
-            allowed: counter(format!("{base}.allowed")),
+            function: function.to_string(),
+            allowed: counter(metrics::name(function, "policy.allowed")),
             denied,
             audited,
             inflight: policy.max_inflight.and_then(|_| {
-                host::define_metric(MetricType::Gauge, &format!("{base}.inflight")).ok()
+                host::define_metric(
+                    MetricType::Gauge,
+                    &metrics::name(function, "policy.inflight"),
+                )
+                .ok()
             }),
         }
     }
@@ -95,7 +94,7 @@ impl Enforcer {
                 if let Some(Some(id)) = self.denied.get(index(reason)) {
                     let _ = host::increment_metric(*id, 1);
                 }
-                log::debug!(
+                log::warn!(
                     "call {call_id} for function {:?}: denied ({})",
                     self.function,
                     reason.tag()
@@ -106,7 +105,7 @@ impl Enforcer {
                 if let Some(Some(id)) = self.audited.get(index(reason)) {
                     let _ = host::increment_metric(*id, 1);
                 }
-                log::info!(
+                log::warn!(
                     "audit: call {call_id} for function {:?} would be denied ({}); let through",
                     self.function,
                     reason.tag()

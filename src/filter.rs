@@ -13,20 +13,27 @@ use crate::config::Config;
 use crate::enforcement::Enforcer;
 use crate::header_map;
 use crate::host::{self, HostLogger};
+use crate::metrics;
 use crate::plan::{Plan, PodInfo};
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
 use crate::readiness::{Admission, Gate, HoldState};
 use crate::reply::LocalReply;
 use crate::rewrite::Route;
 use crate::timing;
+use crate::trace;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 use std::cell::Cell;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { plan: None, gate: None, enforcer: None })
+        Box::new(Root {
+            plan: None,
+            gate: None,
+            enforcer: None,
+            counters: Counters::default(),
+        })
     });
 }}
 
@@ -35,6 +42,34 @@ struct Root {
     gate: Option<Rc<Gate>>,
     /// Present when the local function's policy has rules and is not `off`.
     enforcer: Option<Rc<Enforcer>>,
+    counters: Counters,
+}
+
+/// Per-request stats of the local function (metric ids).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    requests: Option<u32>,
+    rewritten: Option<u32>,
+    not_found: Option<u32>,
+}
+
+impl Counters {
+    fn define(function: &str) -> Counters {
+        let counter = |metric: &str| {
+            host::define_metric(MetricType::Counter, &metrics::name(function, metric)).ok()
+        };
+        Counters {
+            requests: counter("requests"),
+            rewritten: counter("rewritten"),
+            not_found: counter("not_found"),
+        }
+    }
+}
+
+fn count(metric: Option<u32>) {
+    if let Some(id) = metric {
+        let _ = host::increment_metric(id, 1);
+    }
 }
 
 impl Context for Root {
@@ -75,6 +110,8 @@ impl RootContext for Root {
                     .policy
                     .is_active()
                     .then(|| Rc::new(Enforcer::new(&plan.policy, plan.function_or_empty())));
+                self.counters = Counters::define(plan.function_or_empty());
+                count(host::define_metric(MetricType::Counter, metrics::CONFIG_LOADED).ok());
                 let tick = self.gate.as_ref().map_or(0, |g| g.tick_ms());
                 if let Err(e) = host::set_tick_period_ms(u32::try_from(tick).unwrap_or(50)) {
                     log::warn!(
@@ -87,6 +124,7 @@ impl RootContext for Root {
             Err(problem) => {
                 // Envoy rejects the plugin; the sidecar keeps its last good configuration.
                 log::error!("invalid configuration: {problem}");
+                count(host::define_metric(MetricType::Counter, metrics::CONFIG_REJECTED).ok());
                 false
             }
         }
@@ -103,6 +141,7 @@ impl RootContext for Root {
             plan: self.plan.clone(),
             gate: self.gate.clone(),
             enforcer: self.enforcer.clone(),
+            counters: self.counters,
             context_id,
             call_id: String::new(),
             start_nanos: 0,
@@ -145,6 +184,7 @@ struct Call {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate>>,
     enforcer: Option<Rc<Enforcer>>,
+    counters: Counters,
     context_id: u32,
     call_id: String,
     start_nanos: u64,
@@ -204,6 +244,7 @@ impl HttpContext for Call {
         let Some(plan) = self.plan.clone() else {
             return Action::Continue;
         };
+        count(self.counters.requests);
         self.start_nanos = host::now_nanos().unwrap_or(0);
         let headers = host::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let names = &plan.headers;
@@ -215,12 +256,16 @@ impl HttpContext for Call {
         let mut method: &[u8] = b"";
         let mut content_length = None;
         let mut overrides: Vec<&[u8]> = Vec::new();
+        let tracing = plan.tracing.b3 || plan.tracing.w3c;
+        let mut trace_in = trace::Incoming::default();
         for (name, value) in header_map::pairs(&headers) {
             if name == b":path" {
                 path = value;
             } else if name == names.call_id.as_bytes() {
                 incoming_ids += 1;
                 incoming_id = value;
+            } else if tracing && trace_header(&mut trace_in, name, value) {
+                // recorded
             } else if enforcer.is_some() {
                 if name == b":method" {
                     method = value;
@@ -243,23 +288,48 @@ impl HttpContext for Call {
             && incoming_ids == 1
             && call_id::is_safe_token(incoming_id);
         let id_is_new = !keep_id;
-        self.call_id = if keep_id {
-            String::from_utf8_lossy(incoming_id).into_owned()
-        } else {
-            let mut entropy = [0u8; 16];
-            if let Err(e) = host::random_bytes(&mut entropy) {
-                // Never fall back to a guessable id; say so and answer.
-                log::error!("no entropy for a call id ({e:?})");
+        // One read of the entropy source for everything random in this request: the call id
+        // (when it is new), and a trace id and span id (when tracing is on).
+        let mut entropy = [0u8; 40];
+        let needed = match (id_is_new, tracing) {
+            (true, true) => &mut entropy[..],
+            (true, false) => &mut entropy[..16],
+            (false, true) => &mut entropy[16..],
+            (false, false) => &mut entropy[..0],
+        };
+        if !needed.is_empty() {
+            if let Err(e) = host::random_bytes(needed) {
+                // Never fall back to guessable ids; say so and answer.
+                log::error!("no entropy for a call id or trace id ({e:?})");
                 self.call_id = String::new();
                 return self.answer(&plan, UNAVAILABLE);
             }
-            call_id::uuid_v4(entropy)
+        }
+        let (id_bytes, rest) = entropy.split_at(16);
+        let (trace_bytes, span_bytes) = rest.split_at(16);
+        self.call_id = if keep_id {
+            String::from_utf8_lossy(incoming_id).into_owned()
+        } else {
+            call_id::uuid_v4(id_bytes.try_into().unwrap_or([0; 16]))
         };
+        let trace_headers = tracing.then(|| {
+            let (context, _) = trace::child(
+                &trace_in,
+                trace_bytes.try_into().unwrap_or([0; 16]),
+                span_bytes.try_into().unwrap_or([0; 8]),
+            );
+            let mut writes =
+                context.headers(plan.tracing.w3c, plan.tracing.b3, trace_in.has_b3_multi());
+            // Removing a header the request does not have is a wasted host call.
+            writes.retain(|(name, value)| value.is_some() || trace_in.has(name));
+            writes
+        });
 
         let route = plan.rewriter.route(path);
         drop(headers);
         match route {
             Route::NotFound(reason) => {
+                count(self.counters.not_found);
                 log::debug!(
                     "call {} for function {:?}: 404 {}",
                     self.call_id,
@@ -278,6 +348,7 @@ impl HttpContext for Call {
                 );
             }
             Route::Rewrite(new_path) => {
+                count(self.counters.rewritten);
                 let _ = host::set_header(MapType::HttpRequestHeaders, ":path", &new_path);
             }
             Route::Unprefixed => {}
@@ -294,6 +365,14 @@ impl HttpContext for Call {
             &names.start_time,
             self.start_nanos.to_string().as_bytes(),
         );
+        for (name, value) in trace_headers.unwrap_or_default() {
+            let _ = match value {
+                Some(value) => {
+                    host::set_header(MapType::HttpRequestHeaders, name, value.as_bytes())
+                }
+                None => host::remove_header(MapType::HttpRequestHeaders, name),
+            };
+        }
         if let (Some(enforcer), Some((method_check, length_check))) = (enforcer, header_checks) {
             if let Some(reply) = self.enforce(&enforcer, method_check, length_check) {
                 return self.answer(&plan, reply);
@@ -413,6 +492,27 @@ impl HttpContext for Call {
         }
         Action::Continue
     }
+}
+
+/// Records a trace header of the request in `incoming`; false if `name` is none. A header sent
+/// twice is recorded as unusable (empty).
+fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a [u8]) -> bool {
+    let slot = match name {
+        b"traceparent" => &mut incoming.traceparent,
+        b"b3" => &mut incoming.b3_single,
+        b"x-b3-traceid" => &mut incoming.b3_trace_id,
+        b"x-b3-spanid" => &mut incoming.b3_span_id,
+        b"x-b3-parentspanid" => &mut incoming.b3_parent_span_id,
+        b"x-b3-sampled" => &mut incoming.b3_sampled,
+        b"x-b3-flags" => &mut incoming.b3_flags,
+        _ => return false,
+    };
+    *slot = if slot.is_some() {
+        Some(b"")
+    } else {
+        Some(value)
+    };
+    true
 }
 
 const UNAVAILABLE: LocalReply = LocalReply {

@@ -54,6 +54,11 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -209,6 +214,12 @@ pub fn add_header(map: MapType, name: &str, value: &[u8]) -> Result<(), HostErro
     status(unsafe {
         proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     })
+}
+
+/// Removes every value of a header.
+pub fn remove_header(map: MapType, name: &str) -> Result<(), HostError> {
+    // SAFETY: `name` is valid for the call.
+    status(unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) })
 }
 
 /// Answers the request from the filter. `headers` is a serialized header map

@@ -1,7 +1,7 @@
 //! The compiled configuration of one pod: everything a request needs, resolved once in
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
-use crate::config::{Config, ConfigError, HeadersSection, ReadinessSection};
+use crate::config::{Config, ConfigError, HeadersSection, ReadinessSection, TracingSection};
 use crate::policy::Policy;
 use crate::rewrite::Rewriter;
 
@@ -24,6 +24,8 @@ pub struct Plan {
     /// The effective policy of the local function: `policy.default` overridden key by key by
     /// its entry in `policy.functions`, compiled.
     pub policy: Policy,
+    /// Which trace formats are read and written.
+    pub tracing: TracingSection,
     /// The readiness gate's settings; `None` when `readiness.enabled` is false.
     pub readiness: Option<ReadinessSection>,
     /// Things worth one log line at start-up (not errors).
@@ -74,6 +76,7 @@ impl Plan {
             namespace,
             headers: config.headers.clone(),
             policy,
+            tracing: config.tracing,
             readiness: config.readiness.enabled.then(|| config.readiness.clone()),
             notices,
         })

@@ -10,6 +10,7 @@ use crate::gate::{
     STATE_KEY,
 };
 use crate::host;
+use crate::metrics;
 use crate::reply::LocalReply;
 use proxy_wasm::types::{MapType, MetricType};
 use std::cell::{Cell, RefCell};
@@ -59,24 +60,21 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Metrics {
-        let counter = |name: &str| host::define_metric(MetricType::Counter, name).ok();
+    fn define(function: &str) -> Metrics {
+        let define =
+            |kind, metric: &str| host::define_metric(kind, &metrics::name(function, metric)).ok();
+        let counter = |metric: &str| define(MetricType::Counter, metric);
         Metrics {
-            held: counter("faas_mesh_filter.readiness.held"),
-            released: counter("faas_mesh_filter.readiness.released"),
-            timed_out: counter("faas_mesh_filter.readiness.timed_out"),
-            rejected_queue_full: counter("faas_mesh_filter.readiness.rejected_queue_full"),
-            abandoned: counter("faas_mesh_filter.readiness.abandoned"),
-            probes_sent: counter("faas_mesh_filter.readiness.probes_sent"),
-            probes_failed: counter("faas_mesh_filter.readiness.probes_failed"),
-            ready: host::define_metric(MetricType::Gauge, "faas_mesh_filter.readiness.ready").ok(),
-            pending: host::define_metric(MetricType::Gauge, "faas_mesh_filter.readiness.pending")
-                .ok(),
-            held_ms: host::define_metric(
-                MetricType::Histogram,
-                "faas_mesh_filter.readiness.held_ms",
-            )
-            .ok(),
+            held: counter("readiness.held"),
+            released: counter("readiness.released"),
+            timed_out: counter("readiness.timed_out"),
+            rejected_queue_full: counter("readiness.rejected_queue_full"),
+            abandoned: counter("readiness.abandoned"),
+            probes_sent: counter("readiness.probes_sent"),
+            probes_failed: counter("readiness.probes_failed"),
+            ready: define(MetricType::Gauge, "readiness.ready"),
+            pending: define(MetricType::Gauge, "readiness.pending"),
+            held_ms: define(MetricType::Histogram, "readiness.held_ms"),
         }
     }
 }
@@ -125,7 +123,7 @@ impl Gate {
             waiting: RefCell::new(Waiting::default()),
             probe: Cell::new(None),
             dispatch_failing: Cell::new(false),
-            metrics: Metrics::define(),
+            metrics: Metrics::define(function),
             function: function.to_string(),
             call_id_header: call_id_header.to_string(),
         };
@@ -153,6 +151,11 @@ impl Gate {
         }
         if !self.reserve_slot() {
             add(self.metrics.rejected_queue_full, 1);
+            log::warn!(
+                "call {call_id} for function {:?}: {} requests already held; answered 503",
+                self.function,
+                self.settings.max_pending
+            );
             return Admission::QueueFull;
         }
         let state = Rc::new(Cell::new(HoldState::Held));
@@ -375,6 +378,12 @@ impl Gate {
 
     fn answer_not_ready(&self, held: &Held<HeldCall>, now: u64) {
         held.payload.state.set(HoldState::Answered);
+        log::warn!(
+            "call {} for function {:?}: not ready after {} ms; answered 503",
+            held.payload.call_id,
+            self.function,
+            now.saturating_sub(held.since_ms)
+        );
         record(self.metrics.held_ms, now.saturating_sub(held.since_ms));
         let reply = LocalReply {
             status: 503,

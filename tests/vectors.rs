@@ -225,3 +225,56 @@ fn the_local_functions_entry_overrides_the_default_rule_by_rule() {
     assert_eq!(other.policy.allow, "GET", "no entry: the default");
     assert!(!plan("figlet").policy.is_active(), "mode off: no checks");
 }
+
+#[test]
+fn trace_vectors() {
+    use faas_mesh_filter::trace::{child, Incoming, Source};
+    let v = vectors("trace.json");
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        // A header sent twice is unusable, as the adapter reports it.
+        let values: Vec<(String, Vec<u8>)> = case["in"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::Array(_) => Vec::new(),
+                    other => other.as_str().unwrap().as_bytes().to_vec(),
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        let get = |name: &str| {
+            values
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let incoming = Incoming {
+            traceparent: get("traceparent"),
+            b3_trace_id: get("x-b3-traceid"),
+            b3_span_id: get("x-b3-spanid"),
+            b3_parent_span_id: get("x-b3-parentspanid"),
+            b3_sampled: get("x-b3-sampled"),
+            b3_flags: get("x-b3-flags"),
+            b3_single: get("b3"),
+        };
+        let (context, source) = child(&incoming, [0xaa; 16], [0xbb; 8]);
+        let want_source = match case["source"].as_str().unwrap() {
+            "w3c" => Source::W3c,
+            "b3_multi" => Source::B3Multi,
+            "b3_single" => Source::B3Single,
+            _ => Source::New,
+        };
+        assert_eq!(source, want_source, "{name}");
+        let got: serde_json::Map<String, Value> = context
+            .headers(true, true, incoming.has_b3_multi())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(Value::Null, Value::String)))
+            .collect();
+        assert_eq!(Value::Object(got), case["out"], "{name}");
+    }
+}

@@ -163,7 +163,8 @@ impl Envoy {
             &ecds_path,
             &ecds_document(&patches, &wasm, &options.plugin_config, 1),
         )?;
-        let bootstrap = bootstrap(&options, &patches, &ecds_path);
+        let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
+        let bootstrap = bootstrap(&options, &patches, &ecds_path, stats_tags);
         std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
         let output = std::fs::File::create(dir.path().join("stdout-stderr.log"))?;
@@ -249,6 +250,19 @@ impl Envoy {
     /// Envoy's log so far (the filter logs under the `wasm` component).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Envoy's log once it satisfies `done` (the log is flushed every 20 ms), or as it is after
+    /// five seconds.
+    pub async fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -453,7 +467,12 @@ fn ecds_document(patches: &Patches, wasm: &Path, plugin_config: &str, version: u
 /// The bootstrap: node metadata as Istio writes it, one inbound listener with the HTTP
 /// connection manager settings of an Istio sidecar's inbound chain, the manifest's HTTP filter
 /// (fed from the ECDS file), and the manifest's cluster pointed at the stand-in function.
-fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Value {
+fn bootstrap(
+    options: &EnvoyOptions,
+    patches: &Patches,
+    ecds_path: &Path,
+    stats_tags: Value,
+) -> Value {
     let function = options
         .labels
         .iter()
@@ -547,7 +566,7 @@ fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Val
     }
 
     json!({
-        "stats_config": { "stats_tags": stats_tags() },
+        "stats_config": { "stats_tags": stats_tags },
         "node": {
             "id": format!("sidecar~127.0.0.1~{function}-7c9d8b6f5-x2x4z.{namespace}~{namespace}.svc.cluster.local"),
             "cluster": format!("{function}.{namespace}"),
@@ -565,19 +584,6 @@ fn bootstrap(options: &EnvoyOptions, patches: &Patches, ecds_path: &Path) -> Val
             "clusters": [inbound_cluster, readiness_cluster]
         }
     })
-}
-
-/// Tag extraction for the filter's policy stats, so `/stats/prometheus` shows one metric per
-/// outcome with `function` and `reason` labels (the same rules go into a sidecar's bootstrap;
-/// see the README). Envoy removes the first capture group from the name and takes the second as
-/// the tag's value.
-pub fn stats_tags() -> Value {
-    json!([
-        { "tag_name": "function",
-          "regex": "^wasmcustom\\.faas_mesh_filter\\.policy\\.(function\\.([^.]+)\\.)" },
-        { "tag_name": "reason",
-          "regex": "^wasmcustom\\.faas_mesh_filter\\.policy\\.function\\.[^.]+\\.(reason\\.([^.]+)\\.)" }
-    ])
 }
 
 /// Points every endpoint of a STATIC cluster at the given loopback port.

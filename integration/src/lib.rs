@@ -23,10 +23,31 @@ pub fn repo_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-/// A loopback port that was free a moment ago, for a process a test starts later (a function
-/// that comes up after Envoy). Another process could take it in between; on loopback, in a test
-/// run, that is rare enough.
+/// A loopback port for a process a test starts later (a function that comes up after Envoy).
+///
+/// Taken from below Linux's ephemeral range (32768-60999), where ports picked by the OS for
+/// `bind(0)` never land, so another test's listener cannot take it in between; each call in this
+/// process gets a different one, starting from a random offset so parallel test processes rarely
+/// meet, and checked to be free.
 pub fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id() % u32::from(SPAN)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port below the ephemeral range",
+    ))
 }

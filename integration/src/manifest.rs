@@ -94,3 +94,18 @@ fn expect(patch: &Value, pointer: &str, want: &str) -> Result<(), String> {
         )),
     }
 }
+
+/// The stats tag-extraction rules shipped in `envoyfilter/observability.yaml` (the bootstrap
+/// override Istio merges into a sidecar's bootstrap).
+pub fn stats_tags() -> Result<Value, String> {
+    let path = crate::repo_root().join("envoyfilter/observability.yaml");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bootstrap = doc["data"]["custom_bootstrap.json"]
+        .as_str()
+        .ok_or("observability.yaml: no data.custom_bootstrap.json")?;
+    let bootstrap: Value = serde_json::from_str(bootstrap)
+        .map_err(|e| format!("observability.yaml: custom_bootstrap.json is not JSON: {e}"))?;
+    Ok(bootstrap["stats_config"]["stats_tags"].clone())
+}

@@ -15,9 +15,9 @@ const OTHER: &str = "spiffe://cluster.local/ns/openfaas-fn/sa/default";
 fn stat_name(function: &str, outcome: &str) -> String {
     match outcome.split_once('.') {
         Some((reason, what)) => {
-            format!("wasmcustom.faas_mesh_filter.policy.function.{function}.reason.{reason}.{what}")
+            format!("wasmcustom.faas_mesh_filter.function.{function}.policy.reason.{reason}.{what}")
         }
-        None => format!("wasmcustom.faas_mesh_filter.policy.function.{function}.{outcome}"),
+        None => format!("wasmcustom.faas_mesh_filter.function.{function}.policy.{outcome}"),
     }
 }
 
@@ -147,7 +147,9 @@ async fn require_mtls_wants_a_certificate_and_audit_mode_lets_through() {
     assert_eq!(stat(&envoy, "mtls.audited").await, 1);
     assert_eq!(stat(&envoy, "principal.denied").await, 0);
     assert_eq!(stat(&envoy, "allowed").await, 0);
-    let log = envoy.log();
+    let log = envoy
+        .log_when(|log| log.contains("would be denied (principal)"))
+        .await;
     assert!(
         log.contains("would be denied (principal); let through"),
         "no audit line:\n{log}"
@@ -281,7 +283,7 @@ async fn oversized_bodies_are_refused_with_and_without_content_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_inflight_holds_across_workers_and_never_drifts() {
     let (function, envoy) = plain_pod(r#"{"policy": {"default": {"max_inflight": 4}}}"#).await;
-    let inflight = "wasmcustom.faas_mesh_filter.policy.function.env.inflight";
+    let inflight = "wasmcustom.faas_mesh_filter.function.env.policy.inflight";
     let burst = |envoy_addr| async move {
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..20 {

@@ -11,7 +11,7 @@ use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const STAT: &str = "wasmcustom.faas_mesh_filter.readiness.";
+const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.readiness.";
 
 /// An Envoy for a function that is not running yet (its port is reserved, nothing listens).
 async fn envoy_before_function(concurrency: u32, plugin_config: &str) -> (Envoy, u16) {
