@@ -16,13 +16,32 @@ WASM_MAX_BYTES := 307200
 ENVOY_BIN = $(shell ls -1 $(CURDIR)/$(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 export FILTER_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help setup build size test unit integration lint check run demo clean
+# Delivery: the operator's configuration file, where rendered manifests go, the image reference.
+CONFIG    ?= envoyfilter/config.json
+MANIFESTS ?= target/manifests
+IMAGE     ?= ghcr.io/openfaas-mesh/faas-mesh-filter
+VERSION   ?= 0.1.0
+RENDER     = cargo run --quiet -p faas-mesh-tools --bin faas-mesh-render --
+
+.PHONY: help setup build size test unit integration lint check run demo clean manifests render oci validate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## install the wasm target and the pinned Envoy (into .venv/, ignored by git)
+setup: $(VENV)/.installed validate/node_modules/.installed ## install the wasm target, the pinned Envoy, the validators and the OCI tools
 	rustup target add $(TARGET)
+	@# skopeo and a registry for the OCI round trip (Debian packages).
+	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
+	  echo "installing skopeo and docker-registry (apt)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq skopeo docker-registry >/dev/null; \
+	fi
+	@skopeo --version && test -x "$$(command -v docker-registry)"
+
+# The schema validators, pinned by validate/package-lock.json.
+validate/node_modules/.installed: validate/package.json validate/package-lock.json
+	npm ci --prefix validate --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -47,8 +66,9 @@ unit: ## unit tests of the pure modules (native, no Envoy)
 integration: setup build ## integration tests against a real Envoy
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test -p faas-mesh-integration
 
-test: setup build ## all tests: unit, then integration against a real Envoy
+test: setup build ## all tests: unit, integration against a real Envoy, manifest validation
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test --workspace
+	@$(MAKE) --no-print-directory validate
 
 lint: setup ## formatting and clippy (native and wasm32)
 	cargo fmt --all -- --check
@@ -59,6 +79,23 @@ check: lint test ## what CI runs
 
 run demo: setup build ## a local Envoy with the filter in front of a stand-in function (Ctrl-C stops)
 	ENVOY_BIN="$(ENVOY_BIN)" cargo run --quiet -p faas-mesh-integration --bin demo -- $(DEMO_ARGS)
+
+manifests: ## regenerate the committed envoyfilter/ manifests from envoyfilter/config.json
+	$(RENDER) --config envoyfilter/config.json --out envoyfilter
+
+render: build ## every manifest from CONFIG, with the module (ConfigMap) and its image digest (WasmPlugin), into MANIFESTS
+	$(RENDER) --config $(CONFIG) --wasm $(WASM) --image $(IMAGE):$(VERSION) --version $(VERSION) --out $(MANIFESTS)
+
+oci: build ## the module as an OCI image layout in target/oci (push: skopeo copy oci:target/oci:VERSION docker://IMAGE:VERSION)
+	cargo run --quiet -p faas-mesh-tools --bin faas-mesh-oci -- --wasm $(WASM) --tag $(VERSION) --out target/oci
+
+validate: render ## schema-check every manifest offline (Istio 1.29 CRDs, Kubernetes); a broken one must be refused
+	node validate/validate.mjs envoyfilter/*.yaml $(MANIFESTS)/*.yaml
+	@if node validate/validate.mjs testdata/broken-envoyfilter.yaml > target/broken-manifest.log 2>&1; then \
+	  echo "validate: testdata/broken-envoyfilter.yaml passed validation; the check does not bite" >&2; exit 1; \
+	fi
+	@grep -q "applyTo must be equal to one of the allowed values" target/broken-manifest.log && \
+	  echo "validate: testdata/broken-envoyfilter.yaml refused, as it must be: $$(tail -n 1 target/broken-manifest.log)"
 
 clean: ## remove build output (keeps the installed Envoy)
 	cargo clean

@@ -49,6 +49,8 @@ pub struct EnvoyOptions {
     pub admin_port: u16,
     /// Worker threads (`--concurrency`).
     pub concurrency: u32,
+    /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
+    pub manifest: Option<PathBuf>,
     /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
     /// the peer's identity is its certificate's SPIFFE URI SAN).
     pub tls: Option<crate::tls::ServerTls>,
@@ -66,7 +68,21 @@ impl EnvoyOptions {
             admin_port: 0,
             concurrency: 2,
             tls: None,
+            manifest: None,
         }
+    }
+
+    /// A sidecar built from a rendered EnvoyFilter manifest, with the plugin configuration the
+    /// manifest carries.
+    pub fn from_manifest(manifest: &Path, function_port: u16) -> io::Result<Self> {
+        let patches = Patches::load(manifest).map_err(io::Error::other)?;
+        let config = patches.extension_config["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .ok_or_else(|| io::Error::other("the manifest carries no configuration value"))?
+            .to_string();
+        let mut options = Self::for_function(function_port).config(config);
+        options.manifest = Some(manifest.to_path_buf());
+        Ok(options)
     }
 
     pub fn config(mut self, plugin_config: impl Into<String>) -> Self {
@@ -151,7 +167,11 @@ impl Envoy {
     pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
         let binary = envoy_binary()?;
         let wasm = filter_wasm()?;
-        let patches = Patches::from_repository().map_err(io::Error::other)?;
+        let patches = match &options.manifest {
+            Some(path) => Patches::load(path),
+            None => Patches::from_repository(),
+        }
+        .map_err(io::Error::other)?;
         let dir = tempfile::Builder::new()
             .prefix("faas-mesh-envoy-")
             .tempdir()?;

@@ -1,0 +1,185 @@
+//! Renders every manifest from the operator's configuration file.
+//!
+//! The configuration is checked by the filter's own parser first, so a mistake is reported here
+//! with the message the sidecar would log, before anything reaches a cluster. Output is
+//! deterministic: the same configuration and module give the same bytes.
+
+use crate::oci::Image;
+use crate::{base64, sha256_hex};
+use faas_mesh_filter::config::Config;
+use serde_json::Value;
+
+const ENVOYFILTER: &str = include_str!("../templates/envoyfilter.yaml");
+const WASMPLUGIN: &str = include_str!("../templates/wasmplugin.yaml");
+const CONFIGMAP: &str = include_str!("../templates/wasm-configmap.yaml");
+const STACK: &str = include_str!("../templates/stack.yml");
+const OBSERVABILITY: &str = include_str!("../../envoyfilter/observability.yaml");
+
+/// Kubernetes refuses objects over 1 MiB; keep room for metadata.
+pub const CONFIGMAP_LIMIT: usize = 1024 * 1024 - 4096;
+
+/// The built module and where its image lives.
+pub struct Module<'a> {
+    pub wasm: &'a [u8],
+    /// `registry/repository:tag`, without `oci://`.
+    pub image: &'a str,
+    pub version: &'a str,
+}
+
+/// One rendered file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub name: &'static str,
+    pub contents: String,
+}
+
+/// The files that do not depend on the built module (committed under `envoyfilter/`).
+pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
+    let config = checked(config_json)?;
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    Ok(vec![
+        File {
+            name: "envoyfilter.yaml",
+            contents: ENVOYFILTER.replace("{{CONFIGURATION}}", &indent(&pretty, 18)),
+        },
+        File {
+            name: "observability.yaml",
+            contents: OBSERVABILITY.to_string(),
+        },
+        File {
+            name: "stack.yml",
+            contents: STACK.to_string(),
+        },
+    ])
+}
+
+/// Every file: the static ones, the ConfigMap carrying the module, and the WasmPlugin pinned
+/// to the module's image digest.
+pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, String> {
+    let mut files = render_static(config_json)?;
+    let config = checked(config_json)?;
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    let image = Image::build(module.wasm, module.version).map_err(|e| e.to_string())?;
+    let encoded = base64(module.wasm);
+    let configmap = CONFIGMAP
+        .replace("{{WASM_BYTES}}", &module.wasm.len().to_string())
+        .replace("{{WASM_SHA256}}", &sha256_hex(module.wasm))
+        .replace("{{WASM_BASE64}}", &encoded);
+    if configmap.len() > CONFIGMAP_LIMIT {
+        return Err(format!(
+            "the module is {} bytes; as a ConfigMap it is {} bytes, over the {} bytes Kubernetes \
+             allows: use wasmplugin.yaml (OCI) instead",
+            module.wasm.len(),
+            configmap.len(),
+            CONFIGMAP_LIMIT
+        ));
+    }
+    files.push(File {
+        name: "wasm-configmap.yaml",
+        contents: configmap,
+    });
+    files.push(File {
+        name: "wasmplugin.yaml",
+        contents: WASMPLUGIN
+            .replace("{{IMAGE}}", module.image)
+            .replace("{{SHA256}}", &image.digest)
+            .replace("{{PLUGIN_CONFIG}}", &indent(&pretty, 4)),
+    });
+    Ok(files)
+}
+
+/// Parses and validates the configuration as the filter does; returns it as JSON.
+fn checked(config_json: &str) -> Result<Value, String> {
+    Config::parse(config_json.as_bytes()).map_err(|e| e.to_string())?;
+    let value: Value = if config_json.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(config_json).map_err(|e| format!("configuration: {e}"))?
+    };
+    Ok(value)
+}
+
+fn indent(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(wasm: &[u8]) -> Module<'_> {
+        Module {
+            wasm,
+            image: "registry.example/faas-mesh-filter:0.1.0",
+            version: "0.1.0",
+        }
+    }
+
+    #[test]
+    fn the_committed_manifests_are_what_render_makes_of_the_committed_configuration() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoyfilter");
+        let config = std::fs::read_to_string(root.join("config.json")).unwrap();
+        for file in render_static(&config).unwrap() {
+            let committed = std::fs::read_to_string(root.join(file.name)).unwrap();
+            assert!(
+                committed == file.contents,
+                "envoyfilter/{} differs from `make render` output; run `make manifests` and commit",
+                file.name
+            );
+        }
+    }
+
+    #[test]
+    fn rendering_is_reproducible_and_pins_the_image_digest() {
+        let config = r#"{"policy": {"default": {"methods": ["GET"]}}}"#;
+        let wasm = b"\0asm\x01\0\0\0module bytes".to_vec();
+        let a = render_all(config, &module(&wasm)).unwrap();
+        let b = render_all(config, &module(&wasm)).unwrap();
+        assert_eq!(a, b);
+        let plugin = &a
+            .iter()
+            .find(|f| f.name == "wasmplugin.yaml")
+            .unwrap()
+            .contents;
+        let digest = Image::build(&wasm, "0.1.0").unwrap().digest;
+        assert!(plugin.contains(&format!("sha256: {digest}")));
+        assert!(plugin.contains("url: oci://registry.example/faas-mesh-filter:0.1.0"));
+        assert!(plugin.contains(r#""methods": ["#));
+        let configmap = &a
+            .iter()
+            .find(|f| f.name == "wasm-configmap.yaml")
+            .unwrap()
+            .contents;
+        assert!(configmap.contains(&base64(&wasm)));
+        let filter = &a
+            .iter()
+            .find(|f| f.name == "envoyfilter.yaml")
+            .unwrap()
+            .contents;
+        assert!(
+            filter.contains(r#"                    "methods": ["#),
+            "{filter}"
+        );
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_with_the_filters_own_message() {
+        let err = render_static(r#"{"policy": {"functions": {"env": {"max_inflight": -1}}}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "policy.functions.env.max_inflight: expected a positive integer, got -1"
+        );
+    }
+
+    #[test]
+    fn a_module_too_large_for_a_configmap_is_refused() {
+        let wasm = vec![0u8; 800 * 1024];
+        let err = render_all("{}", &module(&wasm)).unwrap_err();
+        assert!(err.contains("use wasmplugin.yaml"), "{err}");
+    }
+}
