@@ -23,6 +23,12 @@ IMAGE     ?= ghcr.io/openfaas-mesh/faas-mesh-filter
 VERSION   ?= 0.1.0
 RENDER     = cargo run --quiet -p faas-mesh-tools --bin faas-mesh-render --
 
+# Fuzzing: cargo-fuzz (pinned, installed into .tools/) with the nightly toolchain.
+FUZZ_TARGETS  := rewrite config call_id trace header_map
+FUZZ_SECONDS  ?= 300
+CARGO_FUZZ_VERSION := 0.13.1
+
+.PHONY: fuzz fuzz-smoke fuzz-setup
 .PHONY: help setup build size test unit integration lint check run demo clean manifests render oci validate
 
 help: ## list the targets
@@ -69,6 +75,7 @@ integration: setup build ## integration tests against a real Envoy
 test: setup build ## all tests: unit, integration against a real Envoy, manifest validation
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test --workspace
 	@$(MAKE) --no-print-directory validate
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 lint: setup ## formatting and clippy (native and wasm32)
 	cargo fmt --all -- --check
@@ -79,6 +86,28 @@ check: lint test ## what CI runs
 
 run demo: setup build ## a local Envoy with the filter in front of a stand-in function (Ctrl-C stops)
 	ENVOY_BIN="$(ENVOY_BIN)" cargo run --quiet -p faas-mesh-integration --bin demo -- $(DEMO_ARGS)
+
+fuzz-setup: .tools/bin/cargo-fuzz
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal --no-self-update
+
+.tools/bin/cargo-fuzz:
+	cargo install --quiet --root .tools cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+# Each target starts from the regression and seed inputs in testdata/fuzz/<target> (a crash found
+# goes there, with the fix); new interesting inputs collect in fuzz/corpus/ (ignored).
+fuzz: fuzz-setup ## run every fuzz target for FUZZ_SECONDS each (default 300)
+	@mkdir -p target/fuzz-logs; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  if (cd fuzz && PATH="$(CURDIR)/.tools/bin:$$PATH" cargo +nightly fuzz run $$t corpus/$$t ../testdata/fuzz/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) > target/fuzz-logs/$$t.log 2>&1; then \
+	    echo "fuzz $$t: $(FUZZ_SECONDS)s, $$(grep -m1 -o 'stat::number_of_executed_units: [0-9]*' target/fuzz-logs/$$t.log | grep -o '[0-9]*$$') runs, no crash"; \
+	  else \
+	    tail -n 40 target/fuzz-logs/$$t.log; echo "fuzz $$t FAILED (artifact in fuzz/artifacts/$$t; add it to testdata/fuzz/$$t with the fix)" >&2; exit 1; \
+	  fi; \
+	done
+
+fuzz-smoke: ## every fuzz target for 10 s (part of `make test`)
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 manifests: ## regenerate the committed envoyfilter/ manifests from envoyfilter/config.json
 	$(RENDER) --config envoyfilter/config.json --out envoyfilter
