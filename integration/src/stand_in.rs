@@ -28,6 +28,10 @@ use tokio::task::JoinHandle;
 struct State {
     unhealthy: AtomicBool,
     saturated: AtomicBool,
+    /// When not 0: the status every health/readiness request answers.
+    probe_status: std::sync::atomic::AtomicU16,
+    /// Health/readiness requests never answer (a hung watchdog).
+    probe_hangs: AtomicBool,
     /// Requests to the function itself (not the watchdog endpoints).
     calls: AtomicU64,
     /// Requests to `/_/health` and `/_/ready`.
@@ -77,6 +81,16 @@ impl StandInFunction {
     /// Saturated: `/_/ready` answers 429, as of-watchdog does at `max_inflight`.
     pub fn set_saturated(&self, saturated: bool) {
         self.state.saturated.store(saturated, Ordering::SeqCst);
+    }
+
+    /// Makes `/_/health` and `/_/ready` answer this status (0: back to normal).
+    pub fn set_probe_status(&self, status: u16) {
+        self.state.probe_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes `/_/health` and `/_/ready` hang without answering.
+    pub fn set_probe_hangs(&self, hangs: bool) {
+        self.state.probe_hangs.store(hangs, Ordering::SeqCst);
     }
 
     /// How many requests reached the function (watchdog endpoints not counted).
@@ -163,7 +177,13 @@ async fn handle(
         if req.method() != hyper::Method::GET {
             return Ok(reply(405, "text/plain", b"method not allowed".to_vec()));
         }
-        let status = if state.unhealthy.load(Ordering::SeqCst) {
+        if state.probe_hangs.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        let forced = state.probe_status.load(Ordering::SeqCst);
+        let status = if forced != 0 {
+            forced
+        } else if state.unhealthy.load(Ordering::SeqCst) {
             503
         } else if path == "/_/ready" && state.saturated.load(Ordering::SeqCst) {
             429

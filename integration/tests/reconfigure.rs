@@ -1,0 +1,121 @@
+//! Live reconfiguration under a steady request stream: a new policy applies, an invalid one is
+//! refused with the key named while the old keeps serving, and a new module version takes over,
+//! with no request of the stream failing at any push.
+
+use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::http::{self, Request};
+use faas_mesh_integration::stand_in::StandInFunction;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The module with a custom section appended: the same code, a different file and hash, as a
+/// new release would be.
+fn next_version(wasm: &[u8]) -> Vec<u8> {
+    let name = b"faas-mesh-filter.test-version";
+    let payload = b"2";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    out.push(section.len() as u8); // LEB128, < 128
+    out.extend_from_slice(&section);
+    out
+}
+
+async fn delete_status(envoy: &Envoy) -> u16 {
+    envoy
+        .send(&Request::new("DELETE", "/function/env/x"))
+        .await
+        .expect("send")
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_under_load_lose_no_request() {
+    let function = StandInFunction::start().await.expect("function");
+    let mut envoy = Envoy::start(EnvoyOptions::for_function(function.port()))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.get("/function/env/warm").await.status, 200);
+
+    // The stream: four clients, one request at a time each, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..4 {
+        let (stop, addr) = (stop.clone(), envoy.addr());
+        clients.spawn(async move {
+            let mut statuses = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let request = if i % 2 == 0 {
+                    Request::get(&format!("/function/env/c{c}/{i}"))
+                } else {
+                    Request::new("POST", &format!("/function/env/c{c}/{i}")).body("payload")
+                };
+                let status = match http::send(addr, &request).await {
+                    Ok(response) => response.status,
+                    Err(_) => 0, // a reset or no answer counts as a failure
+                };
+                statuses.push(status);
+                i += 1;
+            }
+            statuses
+        });
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    settle().await;
+    assert_eq!(delete_status(&envoy).await, 200, "no policy yet");
+
+    // (a) A new valid policy applies.
+    let policy = r#"{"policy": {"default": {"methods": ["GET", "POST"]}}}"#;
+    assert_eq!(
+        envoy.push_config(policy).await.expect("push"),
+        ConfigOutcome::Accepted
+    );
+    settle().await;
+    assert_eq!(delete_status(&envoy).await, 405);
+
+    // (b) An invalid one is refused, named, and the valid one keeps serving.
+    let invalid = r#"{"policy": {"default": {"methods": "GET"}}}"#;
+    assert_eq!(
+        envoy.push_config(invalid).await.expect("push"),
+        ConfigOutcome::Rejected
+    );
+    let message =
+        "invalid configuration: policy.default.methods: expected a list of strings, got \"GET\"";
+    let log = envoy.log_when(|log| log.contains(message)).await;
+    assert!(log.contains(message), "{log}");
+    settle().await;
+    assert_eq!(delete_status(&envoy).await, 405);
+
+    // (c) A new module version takes over.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let next = dir.path().join("faas_mesh_filter-next.wasm");
+    let current = std::fs::read(filter_wasm().expect("module")).expect("module");
+    std::fs::write(&next, next_version(&current)).expect("write");
+    assert_eq!(
+        envoy.push(policy, &next).await.expect("push"),
+        ConfigOutcome::Accepted
+    );
+    settle().await;
+    assert_eq!(delete_status(&envoy).await, 405);
+
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    while let Some(done) = clients.join_next().await {
+        let statuses = done.expect("client");
+        total += statuses.len();
+        let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+        assert!(
+            failed.is_empty(),
+            "requests failed during the pushes: {failed:?}"
+        );
+    }
+    eprintln!("{total} requests across three pushes, none failed");
+    assert!(
+        total > 100,
+        "the stream was too thin to show anything ({total})"
+    );
+}
