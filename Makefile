@@ -24,6 +24,14 @@ IMAGE     ?= ghcr.io/openfaas-mesh/faas-mesh-filter
 VERSION   ?= 0.1.0
 RENDER     = cargo run --quiet -p faas-mesh-tools --bin faas-mesh-render --
 
+# Benchmark: a no-op wasm filter (the floor) and the stand-in function as the upstream.
+NOOP_WASM := target/bench-noop/$(TARGET)/release/noop_filter.wasm
+UPSTREAM  := target/release/stand-in-function
+BENCH_VENV := .venv/bench
+BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --upstream $(UPSTREAM)
+
+.PHONY: bench bench-smoke bench-build
+
 # Fuzzing: cargo-fuzz (pinned, installed into .tools/) with the nightly toolchain.
 FUZZ_TARGETS  := rewrite config call_id trace header_map
 FUZZ_SECONDS  ?= 300
@@ -79,6 +87,7 @@ soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy w
 test: setup build ## all tests: unit, integration against a real Envoy, manifest validation
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test --workspace
 	@$(MAKE) --no-print-directory validate
+	@$(MAKE) --no-print-directory bench-smoke
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 lint: setup ## formatting and clippy (native and wasm32)
@@ -112,6 +121,25 @@ fuzz: fuzz-setup ## run every fuzz target for FUZZ_SECONDS each (default 300)
 
 fuzz-smoke: ## every fuzz target for 10 s (part of `make test`)
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+bench-build: build
+	cargo build --quiet --release --target $(TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop
+	cargo build --quiet --release -p faas-mesh-integration --bin stand-in-function
+
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==3.11.2
+	touch $@
+
+bench: setup bench-build $(BENCH_VENV)/.installed ## cost per request vs plain Envoy, a no-op filter and Lua; writes bench/results/
+	@if ! command -v valgrind >/dev/null || ! command -v wrk >/dev/null; then \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq valgrind wrk >/dev/null; \
+	fi
+	$(BENCH_VENV)/bin/python bench/bench.py $(BENCH_ARGS) --out bench/results
+
+bench-smoke: setup bench-build ## every benchmark variant started and checked, a few requests each (part of `make test`)
+	python3 bench/bench.py --smoke $(BENCH_ARGS)
 
 manifests: ## regenerate the committed envoyfilter/ manifests from envoyfilter/config.json
 	$(RENDER) --config envoyfilter/config.json --out envoyfilter
