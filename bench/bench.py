@@ -153,6 +153,7 @@ def variants(args):
          [wasm_filter("faas-mesh-filter", f, "{}")], False, 0, True),
         ("everything", "faas-mesh-filter, everything on (no principals)",
          [wasm_filter("faas-mesh-filter", f, everything_on())], False, 0, True),
+        ("plain-mtls", "plain Envoy over mTLS", [], True, 0, False),
         ("principals", "faas-mesh-filter, everything on + principals, over mTLS",
          [wasm_filter("faas-mesh-filter", f, everything_on(principals=True))], True, 0, True),
         ("policy-1", "scaling: 1 entry in policy.functions",
@@ -358,6 +359,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", help="comma-separated variant names: measure just these (callgrind only, no results written)")
     args = ap.parse_args()
 
     procs = Processes()
@@ -392,6 +394,12 @@ def main():
                     print(f"bench smoke: {name}: ok ({label})")
                 finally:
                     procs.stop(envoy.proc)
+            return 0
+
+        if args.only:
+            for variant in (v for v in all_variants if v[0] in args.only.split(",")):
+                cost = measure_instructions(procs, args, variant, upstream_port, workdir)
+                print(f"{variant[0]}: {cost:,.0f} instructions/request", flush=True)
             return 0
 
         results = {}
@@ -485,15 +493,16 @@ def write_results(args, r, rss, elapsed):
         f"medians (wall-clock on a shared 2-core machine swings about 20%). `make bench` took "
         f"{elapsed / 60:.1f} minutes.",
         "",
-        "| variant | instructions/request | over plain Envoy (same headers) | requests/s | p50 ms | p99 ms |",
+        "| variant | instructions/request | over plain Envoy (same headers, same TLS) | requests/s | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, v in r.items():
         rps = f"{v['rps']:,.0f}" if "rps" in v else ""
         p50 = f"{v['p50_ms']:.3f}" if "p50_ms" in v else ""
         p99 = f"{v['p99_ms']:.3f}" if "p99_ms" in v else ""
-        base = "plain-headers-50" if name == "headers-50" else "plain"
-        over = "" if name in ("plain", "plain-headers-50") else f"+{v['instructions'] - r[base]['instructions']:,.0f}"
+        base = {"headers-50": "plain-headers-50", "principals": "plain-mtls"}.get(name, "plain")
+        over = ("" if name in ("plain", "plain-headers-50", "plain-mtls")
+                else f"+{v['instructions'] - r[base]['instructions']:,.0f}")
         lines.append(f"| {v['label']} | {v['instructions']:,.0f} | {over} | {rps} | {p50} | {p99} |")
     lines += [
         "",

@@ -2,16 +2,15 @@
 //! identity, the pod-wide in-flight count and token bucket in shared data) and what they leave
 //! behind (stats per function and reason, audit log lines).
 
-use crate::config::{PolicyMode, RateLimit};
-use crate::gate::decode_number;
+use crate::config::PolicyMode;
 use crate::host;
 use crate::metrics;
-use crate::policy::{Bucket, Policy, Reason};
+use crate::policy::{admit, Admission, Counters, Policy, Reason};
 use crate::reply::LocalReply;
 use proxy_wasm::types::MetricType;
 
-const INFLIGHT_KEY: &str = "faas-mesh-filter.policy.inflight";
-const BUCKET_KEY: &str = "faas-mesh-filter.policy.rate-bucket";
+/// In-flight count and rate-limit bucket, one record (see [`Counters`]).
+const COUNTERS_KEY: &str = "faas-mesh-filter.policy.counters";
 const CAS_ROUNDS: usize = 64;
 
 /// A metric id per reason, in [`Reason::ALL`] order.
@@ -67,15 +66,18 @@ impl Enforcer {
         &self.policy
     }
 
-    /// The connection's mTLS state and peer SPIFFE ID (never a request header).
+    /// The connection's mTLS state and peer SPIFFE ID (never a request header). A URI SAN on
+    /// the peer certificate proves mTLS, so `connection.mtls` is read only when there is none.
     pub fn peer() -> (bool, Option<Vec<u8>>) {
-        let mtls = host::property(b"connection\0mtls")
-            .ok()
-            .flatten()
-            .is_some_and(|v| v.first() == Some(&1));
         let peer = host::property(b"connection\0uri_san_peer_certificate")
             .ok()
-            .flatten();
+            .flatten()
+            .filter(|p| !p.is_empty());
+        let mtls = peer.is_some()
+            || host::property(b"connection\0mtls")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.first() == Some(&1));
         (mtls, peer)
     }
 
@@ -116,50 +118,55 @@ impl Enforcer {
         }
     }
 
-    /// Takes one token from the pod's bucket; `Err(ms)` until one is there.
-    pub fn take_token(&self, limit: &RateLimit, now_ms: u64) -> Result<(), u64> {
+    /// Takes a rate-limit token and an in-flight slot in one compare-and-swap of the pod's
+    /// counters (one shared-data read and write per request).
+    pub fn admit(&self, now_ms: u64) -> Admission {
+        let limit = self.policy.rate_limit.as_ref();
+        let max = self.policy.max_inflight;
+        let enforce = self.policy.mode == PolicyMode::Enforce;
         for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(BUCKET_KEY) else {
-                return Ok(()); // cannot count: let it through rather than refuse everyone
+            let Ok((value, cas)) = host::shared_data(COUNTERS_KEY) else {
+                break;
             };
-            let bucket = Bucket::decode(value.as_deref(), limit, now_ms);
-            let next = bucket.take(limit, now_ms)?;
-            if let Ok(true) = host::set_shared_data(BUCKET_KEY, &next.encode(), cas) {
-                return Ok(());
+            let current = Counters::decode(value.as_deref(), limit, now_ms);
+            let (next, admission) = admit(current, limit, max, now_ms, enforce);
+            if next == current {
+                return admission;
+            }
+            if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
+                if admission.slot == Some(true) {
+                    self.record_inflight(next.inflight);
+                }
+                return admission;
             }
         }
-        Ok(())
+        // Shared data unusable: count nothing, refuse nothing (no slot is taken, so nothing can
+        // drift either).
+        Admission {
+            rate: Ok(()),
+            slot: None,
+        }
     }
 
-    /// Counts a request into the pod's in-flight total unless it is at `max`.
-    pub fn take_inflight(&self, max: u64) -> bool {
-        self.add_inflight(|n| (n < max).then(|| n + 1))
-    }
-
-    /// The request counted by [`Enforcer::take_inflight`] ended (every way a stream ends
+    /// The request that took a slot in [`Enforcer::admit`] ended (every way a stream ends
     /// reaches `on_done`).
     pub fn release_inflight(&self) {
-        self.add_inflight(|n| Some(n.saturating_sub(1)));
-    }
-
-    /// Applies `change` to the shared count; true only if it was written (so a request counts
-    /// as taken exactly when the count went up, and the count cannot drift).
-    fn add_inflight(&self, change: impl Fn(u64) -> Option<u64>) -> bool {
+        let limit = self.policy.rate_limit.as_ref();
         for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(INFLIGHT_KEY) else {
-                return false;
+            let Ok((value, cas)) = host::shared_data(COUNTERS_KEY) else {
+                return;
             };
-            let Some(next) = change(decode_number(value.as_deref())) else {
-                return false;
-            };
-            if let Ok(true) = host::set_shared_data(INFLIGHT_KEY, next.to_string().as_bytes(), cas)
-            {
-                if let Some(id) = self.inflight {
-                    let _ = host::record_metric(id, next);
-                }
-                return true;
+            let next = Counters::decode(value.as_deref(), limit, 0).released();
+            if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
+                self.record_inflight(next.inflight);
+                return;
             }
         }
-        false
+    }
+
+    fn record_inflight(&self, value: u64) {
+        if let Some(id) = self.inflight {
+            let _ = host::record_metric(id, value);
+        }
     }
 }

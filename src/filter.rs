@@ -551,19 +551,21 @@ impl Call {
         if let Some(reply) = outcome(length_check, 0) {
             return Some(reply);
         }
-        if let Some(limit) = &policy.rate_limit {
+        if policy.rate_limit.is_some() || policy.max_inflight.is_some() {
             let now = host::now_nanos().unwrap_or(0) / 1_000_000;
-            let check = enforcer.take_token(limit, now);
-            let retry_after = check.err().map_or(1, |ms| ms.div_ceil(1000));
-            if let Some(reply) = outcome(check.map_err(|_| Reason::RateLimit), retry_after) {
+            let admission = enforcer.admit(now);
+            if admission.slot == Some(true) {
+                self.inflight = true;
+            }
+            let retry_after = admission.rate.err().map_or(1, |ms| ms.div_ceil(1000));
+            if let Some(reply) = outcome(admission.rate.map_err(|_| Reason::RateLimit), retry_after)
+            {
                 return Some(reply);
             }
-        }
-        if let Some(max) = policy.max_inflight {
-            if enforcer.take_inflight(max) {
-                self.inflight = true;
-            } else if let Some(reply) = outcome(Err(Reason::Inflight), 1) {
-                return Some(reply);
+            if admission.slot == Some(false) {
+                if let Some(reply) = outcome(Err(Reason::Inflight), 1) {
+                    return Some(reply);
+                }
             }
         }
         if !denied {

@@ -77,12 +77,16 @@ pub fn upstream_gone(flags: u64) -> bool {
     flags & UPSTREAM_GONE_FLAGS != 0
 }
 
-/// How often a worker wakes up to look at the shared state, expire held requests and probe:
-/// often enough that a request is released within a quarter of the retry interval of the probe
-/// that found the function ready, at least every 10 ms and at most every 50 ms.
+/// How often a worker wakes up while the function is not ready (to learn from other workers,
+/// expire held requests and probe): often enough that a request is released within a quarter of
+/// the retry interval of the probe that found the function ready, every 10 to 50 ms.
 pub fn tick_ms(retry_interval_ms: u64) -> u64 {
     (retry_interval_ms / 4).clamp(10, 50)
 }
+
+/// How often a worker wakes up while the function is ready: only to learn that another worker
+/// saw it go away (each worker also learns that from its own responses), so once a second.
+pub const READY_TICK_MS: u64 = 1000;
 
 /// `Retry-After` (whole seconds, at least 1) for a 503 of the gate.
 pub fn retry_after_seconds(retry_interval_ms: u64) -> u64 {
@@ -224,6 +228,7 @@ mod tests {
         assert_eq!(tick_ms(100), 25);
         assert_eq!(tick_ms(10), 10);
         assert_eq!(tick_ms(10_000), 50);
+        assert!(READY_TICK_MS > tick_ms(10_000));
         assert_eq!(retry_after_seconds(100), 1);
         assert_eq!(retry_after_seconds(2500), 3);
         assert_eq!(decode_number(Some(b"17")), 17);

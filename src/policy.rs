@@ -294,6 +294,95 @@ impl Bucket {
     }
 }
 
+/// The pod's policy counters in one shared record, so a request reads and writes shared data
+/// once: `<in flight>:<milli-tokens>:<last refill ms>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub inflight: u64,
+    pub bucket: Bucket,
+}
+
+/// What [`admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// The rate limit: passed, or the milliseconds until a token (no `rate_limit`: passed).
+    pub rate: Result<(), u64>,
+    /// `max_inflight`: `Some(true)` took a slot, `Some(false)` found none, `None` no such rule.
+    pub slot: Option<bool>,
+}
+
+impl Counters {
+    /// Absent or unreadable: nothing in flight, a full bucket.
+    pub fn decode(bytes: Option<&[u8]>, limit: Option<&RateLimit>, now_ms: u64) -> Counters {
+        let full = Bucket {
+            milli_tokens: limit.map_or(0, |l| l.burst.saturating_mul(1000)),
+            last_ms: now_ms,
+        };
+        let text = bytes
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        let mut parts = text.split(':').map(|p| p.parse::<u64>().ok());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Some(inflight)), Some(Some(milli_tokens)), Some(Some(last_ms))) => Counters {
+                inflight,
+                bucket: Bucket {
+                    milli_tokens,
+                    last_ms,
+                },
+            },
+            _ => Counters {
+                inflight: 0,
+                bucket: full,
+            },
+        }
+    }
+
+    pub fn encode(self) -> Vec<u8> {
+        format!(
+            "{}:{}:{}",
+            self.inflight, self.bucket.milli_tokens, self.bucket.last_ms
+        )
+        .into_bytes()
+    }
+
+    /// The counters after a request that held a slot ended.
+    pub fn released(self) -> Counters {
+        Counters {
+            inflight: self.inflight.saturating_sub(1),
+            ..self
+        }
+    }
+}
+
+/// Takes a rate-limit token and an in-flight slot for one request. `enforce`: stop at the first
+/// refusal (a rate-limited request takes no slot). Otherwise (audit) both are evaluated and a
+/// request takes what is free.
+pub fn admit(
+    counters: Counters,
+    limit: Option<&RateLimit>,
+    max_inflight: Option<u64>,
+    now_ms: u64,
+    enforce: bool,
+) -> (Counters, Admission) {
+    let mut next = counters;
+    let rate = match limit {
+        None => Ok(()),
+        Some(limit) => counters.bucket.take(limit, now_ms).map(|bucket| {
+            next.bucket = bucket;
+        }),
+    };
+    let slot = match max_inflight {
+        None => None,
+        Some(_) if enforce && rate.is_err() => None,
+        Some(max) if next.inflight < max => {
+            next.inflight += 1;
+            Some(true)
+        }
+        Some(_) => Some(false),
+    };
+    (next, Admission { rate, slot })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +490,57 @@ mod tests {
         assert_eq!(b.milli_tokens, 1000);
         assert_eq!(Bucket::decode(Some(&b.encode()), &limit, 0), b);
         assert_eq!(Reason::RateLimit.reply(0).retry_after, Some(1));
+    }
+
+    #[test]
+    fn one_record_holds_the_slot_count_and_the_bucket() {
+        let limit = RateLimit {
+            requests_per_second: 1.0,
+            burst: 1,
+        };
+        let c = Counters::decode(None, Some(&limit), 5000);
+        assert_eq!((c.inflight, c.bucket.milli_tokens), (0, 1000));
+        let (c, a) = admit(c, Some(&limit), Some(1), 5000, true);
+        assert_eq!(
+            a,
+            Admission {
+                rate: Ok(()),
+                slot: Some(true)
+            }
+        );
+        assert_eq!(Counters::decode(Some(&c.encode()), Some(&limit), 0), c);
+        // No token left: refused, and in enforce mode no slot is taken either.
+        let (after, a) = admit(c, Some(&limit), Some(5), 5000, true);
+        assert_eq!(
+            a,
+            Admission {
+                rate: Err(1000),
+                slot: None
+            }
+        );
+        assert_eq!(after, c);
+        // Audit evaluates both.
+        let (_, a) = admit(c, Some(&limit), Some(1), 5000, false);
+        assert_eq!(
+            a,
+            Admission {
+                rate: Err(1000),
+                slot: Some(false)
+            }
+        );
+        assert_eq!(c.released().inflight, 0);
+        assert_eq!(c.released().released().inflight, 0);
+        // Without rules nothing changes.
+        let (same, a) = admit(c, None, None, 9000, true);
+        assert_eq!(
+            (same, a),
+            (
+                c,
+                Admission {
+                    rate: Ok(()),
+                    slot: None
+                }
+            )
+        );
     }
 }

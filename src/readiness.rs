@@ -133,8 +133,13 @@ impl Gate {
     }
 
     /// How often the root context should call [`Gate::on_tick`].
+    /// Slow while ready (nothing to do but notice another worker's news), fast while not.
     pub fn tick_ms(&self) -> u64 {
-        gate::tick_ms(self.settings.retry_interval_ms)
+        if self.is_ready() {
+            gate::READY_TICK_MS
+        } else {
+            gate::tick_ms(self.settings.retry_interval_ms)
+        }
     }
 
     /// The request path's only question once the function is ready.
@@ -284,9 +289,15 @@ impl Gate {
         {
             return;
         }
+        let changed = self.ready.get() != state.ready;
         self.generation.set(state.generation);
         self.ready.set(state.ready);
         record(self.metrics.ready, u64::from(state.ready));
+        if changed {
+            // The timer belongs to the root context this gate serves (also when called from one
+            // of its requests).
+            let _ = host::set_tick_period_ms(u32::try_from(self.tick_ms()).unwrap_or(50));
+        }
     }
 
     fn publish_ready(&self) {
