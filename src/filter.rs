@@ -450,19 +450,25 @@ impl HttpContext for Call {
             return Action::Continue;
         }
         let names = &plan.headers;
-        // One read of the response headers answers both questions: did the function set its
-        // duration, and is this Envoy's 503 for a function that is gone?
-        let headers = host::header_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        let mut has_duration = false;
-        let mut unavailable = false;
-        for (name, value) in header_map::pairs(&headers) {
-            if name == b":status" {
-                unavailable = value == b"503";
-            } else if name == names.duration.as_bytes() {
-                has_duration = true;
+        // With the readiness gate, one read of the response headers answers both questions: did
+        // the function set its duration, and is this Envoy's 503 for a function that is gone?
+        // Without it, only the first; asking for one header that is absent costs far less.
+        let (has_duration, unavailable) = if self.gate.is_some() {
+            let headers = host::header_map(MapType::HttpResponseHeaders).unwrap_or_default();
+            let mut has_duration = false;
+            let mut unavailable = false;
+            for (name, value) in header_map::pairs(&headers) {
+                if name == b":status" {
+                    unavailable = value == b"503";
+                } else if name == names.duration.as_bytes() {
+                    has_duration = true;
+                }
             }
-        }
-        drop(headers);
+            (has_duration, unavailable)
+        } else {
+            let duration = host::header(MapType::HttpResponseHeaders, &names.duration);
+            (matches!(duration, Ok(Some(_))), false)
+        };
         if unavailable {
             if let Some(gate) = &self.gate {
                 let flags = host::property(b"response\0flags")
