@@ -105,36 +105,27 @@ pub fn child(incoming: &Incoming, fresh_trace: [u8; 16], fresh_span: [u8; 8]) ->
             Source::W3c,
         );
     }
+    let from_b3 = |b3: &B3| {
+        context(
+            b3.trace_id,
+            b3.short,
+            Some(b3.span_id),
+            b3.sampled,
+            b3.debug,
+        )
+    };
     let multi = parse_b3_multi(incoming);
-    if let Some(MultiB3::Context(b3)) = multi {
-        return (
-            context(
-                b3.trace_id,
-                b3.short,
-                Some(b3.span_id),
-                b3.sampled,
-                b3.debug,
-            ),
-            Source::B3Multi,
-        );
+    if let Some(B3Header::Context(b3)) = &multi {
+        return (from_b3(b3), Source::B3Multi);
     }
     let single = incoming.b3_single.and_then(parse_b3_single);
-    if let Some(SingleB3::Context(b3)) = single {
-        return (
-            context(
-                b3.trace_id,
-                b3.short,
-                Some(b3.span_id),
-                b3.sampled,
-                b3.debug,
-            ),
-            Source::B3Single,
-        );
+    if let Some(B3Header::Context(b3)) = &single {
+        return (from_b3(b3), Source::B3Single);
     }
     // No usable context: a new trace, keeping a bare sampling decision if the caller sent one.
     let (sampled, debug) = match (multi, single) {
-        (Some(MultiB3::DecisionOnly { sampled, debug }), _)
-        | (_, Some(SingleB3::DecisionOnly { sampled, debug })) => (sampled, debug),
+        (Some(B3Header::DecisionOnly { sampled, debug }), _)
+        | (_, Some(B3Header::DecisionOnly { sampled, debug })) => (sampled, debug),
         _ => (None, false),
     };
     (
@@ -268,18 +259,14 @@ struct B3 {
     debug: bool,
 }
 
-enum MultiB3 {
+/// What a B3 header (multi or single form) carries.
+enum B3Header {
     Context(B3),
-    /// Only `x-b3-sampled` / `x-b3-flags`: a decision for a trace that starts here.
+    /// Only a sampling decision (`x-b3-sampled`, `b3: 0`): for a trace that starts here.
     DecisionOnly {
         sampled: Option<bool>,
         debug: bool,
     },
-}
-
-enum SingleB3 {
-    Context(B3),
-    DecisionOnly { sampled: Option<bool>, debug: bool },
 }
 
 /// A B3 trace id: 16 or 32 lowercase hex digits, not zero.
@@ -311,7 +298,7 @@ fn parse_sampled(value: &[u8]) -> Option<bool> {
     }
 }
 
-fn parse_b3_multi(incoming: &Incoming) -> Option<MultiB3> {
+fn parse_b3_multi(incoming: &Incoming) -> Option<B3Header> {
     let debug = incoming.b3_flags == Some(b"1");
     let sampled = match incoming.b3_sampled {
         None => None,
@@ -329,7 +316,7 @@ fn parse_b3_multi(incoming: &Incoming) -> Option<MultiB3> {
             if let Some(parent) = incoming.b3_parent_span_id {
                 parse_span_id(parent)?;
             }
-            Some(MultiB3::Context(B3 {
+            Some(B3Header::Context(B3 {
                 trace_id,
                 short,
                 span_id,
@@ -338,14 +325,14 @@ fn parse_b3_multi(incoming: &Incoming) -> Option<MultiB3> {
             }))
         }
         (None, None) if incoming.b3_parent_span_id.is_none() => {
-            (sampled.is_some() || debug).then_some(MultiB3::DecisionOnly { sampled, debug })
+            (sampled.is_some() || debug).then_some(B3Header::DecisionOnly { sampled, debug })
         }
         _ => None,
     }
 }
 
 /// `b3: {TraceId}-{SpanId}[-{SamplingState}[-{ParentSpanId}]]`, or only `{SamplingState}`.
-fn parse_b3_single(value: &[u8]) -> Option<SingleB3> {
+fn parse_b3_single(value: &[u8]) -> Option<B3Header> {
     let decision = |s: &[u8]| match s {
         b"1" => Some((Some(true), false)),
         b"0" => Some((Some(false), false)),
@@ -356,7 +343,7 @@ fn parse_b3_single(value: &[u8]) -> Option<SingleB3> {
     let first = parts.next()?;
     let Some(second) = parts.next() else {
         let (sampled, debug) = decision(first)?;
-        return Some(SingleB3::DecisionOnly { sampled, debug });
+        return Some(B3Header::DecisionOnly { sampled, debug });
     };
     let (trace_id, short) = parse_b3_trace_id(first)?;
     let span_id = parse_span_id(second)?;
@@ -370,7 +357,7 @@ fn parse_b3_single(value: &[u8]) -> Option<SingleB3> {
     if parts.next().is_some() {
         return None;
     }
-    Some(SingleB3::Context(B3 {
+    Some(B3Header::Context(B3 {
         trace_id,
         short,
         span_id,
