@@ -46,6 +46,11 @@ impl Enforcer {
                 *a = counter(metrics::policy_reason(function, reason.tag(), "audited"));
             }
         }
+        let now_ms = host::now_nanos().unwrap_or(0) / 1_000_000;
+        host::create_shared_data(
+            COUNTERS_KEY,
+            &Counters::decode(None, policy.rate_limit.as_ref(), now_ms).encode(),
+        );
         Enforcer {
             policy: policy.clone(),
             function: function.to_string(),
@@ -135,7 +140,7 @@ impl Enforcer {
             }
             if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
                 if admission.slot == Some(true) {
-                    self.record_inflight(next.inflight);
+                    self.adjust_inflight(1);
                 }
                 return admission;
             }
@@ -156,17 +161,22 @@ impl Enforcer {
             let Ok((value, cas)) = host::shared_data(COUNTERS_KEY) else {
                 return;
             };
-            let next = Counters::decode(value.as_deref(), limit, 0).released();
+            let current = Counters::decode(value.as_deref(), limit, 0);
+            let next = current.released();
             if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
-                self.record_inflight(next.inflight);
+                if next.inflight < current.inflight {
+                    self.adjust_inflight(-1);
+                }
                 return;
             }
         }
     }
 
-    fn record_inflight(&self, value: u64) {
+    /// Moves the in-flight gauge by the change (atomic in Envoy: workers' updates commute, where
+    /// setting it to a value read before another worker's write could leave it stale).
+    fn adjust_inflight(&self, delta: i64) {
         if let Some(id) = self.inflight {
-            let _ = host::record_metric(id, value);
+            let _ = host::increment_metric(id, delta);
         }
     }
 }

@@ -276,6 +276,16 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostEr
     }
 }
 
+/// Creates a shared-data record with `initial` unless it exists. Envoy has no atomic
+/// create-if-absent (a write with CAS 0 is unconditional, so two workers that both read "absent"
+/// would both write and one update could be lost): records are created here, at configure time,
+/// before any request counts in them, and every later write is a compare-and-swap.
+pub fn create_shared_data(key: &str, initial: &[u8]) {
+    if let Ok((None, _)) = shared_data(key) {
+        let _ = set_shared_data(key, initial, 0);
+    }
+}
+
 /// Calls the root context's `on_tick` every `period_ms` (0 stops it).
 pub fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
     // SAFETY: no pointers.

@@ -87,6 +87,15 @@ fn add(metric: Option<u32>, by: usize) {
     }
 }
 
+/// Moves a gauge by `delta` (atomic in Envoy, so concurrent workers cannot leave it stale).
+fn adjust(metric: Option<u32>, delta: i64) {
+    if let Some(id) = metric {
+        if delta != 0 {
+            let _ = host::increment_metric(id, delta);
+        }
+    }
+}
+
 fn record(metric: Option<u32>, value: u64) {
     if let Some(id) = metric {
         let _ = host::record_metric(id, value);
@@ -127,6 +136,9 @@ impl Gate {
             function: function.to_string(),
             call_id_header: call_id_header.to_string(),
         };
+        host::create_shared_data(STATE_KEY, &PodState::default().encode());
+        host::create_shared_data(LEASE_KEY, b"0");
+        host::create_shared_data(PENDING_KEY, b"0");
         // A reconfigured plugin starts from what the pod already knows.
         gate.adopt(gate.read_state());
         Rc::new(gate)
@@ -440,7 +452,8 @@ impl Gate {
             }
             let next = pending.saturating_add(1);
             if let Ok(true) = host::set_shared_data(PENDING_KEY, next.to_string().as_bytes(), cas) {
-                record(self.metrics.pending, next);
+                // The gauge moves by the change, not to the value: workers' updates commute.
+                adjust(self.metrics.pending, 1);
                 return true;
             }
         }
@@ -453,9 +466,13 @@ impl Gate {
             let Ok((value, cas)) = host::shared_data(PENDING_KEY) else {
                 return;
             };
-            let next = decode_number(value.as_deref()).saturating_sub(n);
+            let current = decode_number(value.as_deref());
+            let next = current.saturating_sub(n);
             if let Ok(true) = host::set_shared_data(PENDING_KEY, next.to_string().as_bytes(), cas) {
-                record(self.metrics.pending, next);
+                adjust(
+                    self.metrics.pending,
+                    -i64::try_from(current - next).unwrap_or(0),
+                );
                 return;
             }
         }

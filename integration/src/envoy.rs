@@ -341,8 +341,17 @@ impl Envoy {
                 return value;
             }
             if Instant::now() > deadline {
+                let filter_stats: Vec<String> = self
+                    .stats()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(n, _)| n.contains("faas_mesh_filter"))
+                    .map(|(n, v)| format!("{n}: {v}"))
+                    .collect();
                 panic!(
-                    "stat {name} is still {value} after {limit:?}\n{}",
+                    "stat {name} is still {value} after {limit:?}\n{}\n{}",
+                    filter_stats.join("\n"),
                     self.log_tail(30)
                 );
             }
