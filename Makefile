@@ -29,6 +29,11 @@ NOOP_WASM := target/bench-noop/$(TARGET)/release/noop_filter.wasm
 UPSTREAM  := target/release/stand-in-function
 BENCH_VENV := .venv/bench
 BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --upstream $(UPSTREAM)
+# Requests counted by callgrind per variant, after the warm-up; BENCH_FLAGS: more bench.py options
+# (`python3 bench/bench.py --help`), e.g. BENCH_FLAGS="--only plain,default".
+BENCH_REQUESTS ?= 2000
+BENCH_WARMUP   ?= 300
+BENCH_FLAGS    ?=
 
 .PHONY: bench bench-smoke bench-build
 
@@ -94,6 +99,9 @@ lint: setup ## formatting and clippy (native and wasm32)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) -p faas-mesh-filter -- -D warnings
+	@# The benchmark's no-op filter is a crate of its own (not in the workspace).
+	cargo fmt --manifest-path bench/noop-filter/Cargo.toml -- --check
+	cargo clippy --release --target $(TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop -- -D warnings
 
 check: lint test ## what CI runs
 
@@ -131,15 +139,16 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==3.11.2
 	touch $@
 
-bench: setup bench-build $(BENCH_VENV)/.installed ## cost per request vs plain Envoy, a no-op filter and Lua; writes bench/results/
-	@if ! command -v valgrind >/dev/null || ! command -v wrk >/dev/null; then \
+bench: setup bench-build $(BENCH_VENV)/.installed ## cost per request vs plain Envoy, a no-op filter and Lua (BENCH_REQUESTS=2000); writes bench/results/
+	@if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null || ! command -v wrk >/dev/null; then \
+	  echo "installing valgrind and wrk (apt)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq valgrind wrk >/dev/null; \
 	fi
-	$(BENCH_VENV)/bin/python bench/bench.py $(BENCH_ARGS) --out bench/results
+	$(BENCH_VENV)/bin/python bench/bench.py $(BENCH_ARGS) --requests $(BENCH_REQUESTS) --warmup $(BENCH_WARMUP) --out bench/results $(BENCH_FLAGS)
 
 bench-smoke: setup bench-build ## every benchmark variant started and checked, a few requests each (part of `make test`)
-	python3 bench/bench.py --smoke $(BENCH_ARGS)
+	python3 bench/bench.py --smoke $(BENCH_ARGS) $(BENCH_FLAGS)
 
 manifests: ## regenerate the committed envoyfilter/ manifests from envoyfilter/config.json
 	$(RENDER) --config envoyfilter/config.json --out envoyfilter
