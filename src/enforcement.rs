@@ -129,27 +129,24 @@ impl Enforcer {
         let limit = self.policy.rate_limit.as_ref();
         let max = self.policy.max_inflight;
         let enforce = self.policy.mode == PolicyMode::Enforce;
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(COUNTERS_KEY) else {
-                break;
-            };
-            let current = Counters::decode(value.as_deref(), limit, now_ms);
+        let admitted = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+            let current = Counters::decode(value, limit, now_ms);
             let (next, admission) = admit(current, limit, max, now_ms, enforce);
-            if next == current {
-                return admission;
-            }
-            if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
+            ((next != current).then(|| next.encode()), admission)
+        });
+        match admitted {
+            Some(admission) => {
                 if admission.slot == Some(true) {
                     self.adjust_inflight(1);
                 }
-                return admission;
+                admission
             }
-        }
-        // Shared data unusable: count nothing, refuse nothing (no slot is taken, so nothing can
-        // drift either).
-        Admission {
-            rate: Ok(()),
-            slot: None,
+            // Shared data unusable: count nothing, refuse nothing (no slot is taken, so nothing
+            // can drift either).
+            None => Admission {
+                rate: Ok(()),
+                slot: None,
+            },
         }
     }
 
@@ -157,18 +154,13 @@ impl Enforcer {
     /// reaches `on_done`).
     pub fn release_inflight(&self) {
         let limit = self.policy.rate_limit.as_ref();
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(COUNTERS_KEY) else {
-                return;
-            };
-            let current = Counters::decode(value.as_deref(), limit, 0);
+        let released = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+            let current = Counters::decode(value, limit, 0);
             let next = current.released();
-            if let Ok(true) = host::set_shared_data(COUNTERS_KEY, &next.encode(), cas) {
-                if next.inflight < current.inflight {
-                    self.adjust_inflight(-1);
-                }
-                return;
-            }
+            (Some(next.encode()), next.inflight < current.inflight)
+        });
+        if released == Some(true) {
+            self.adjust_inflight(-1);
         }
     }
 

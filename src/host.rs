@@ -276,6 +276,28 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostEr
     }
 }
 
+/// Updates a shared-data record by compare-and-swap: `change` sees the current value and
+/// returns what to write (`None`: leave it) and what to report; on a conflicting write by another
+/// worker it runs again with the new value, up to `rounds` times. `None` when the host failed or
+/// the rounds ran out (nothing was written by this call then).
+pub fn update_shared_data<T>(
+    key: &str,
+    rounds: usize,
+    mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Option<T> {
+    for _ in 0..rounds {
+        let (value, cas) = shared_data(key).ok()?;
+        let (next, outcome) = change(value.as_deref());
+        let Some(next) = next else {
+            return Some(outcome);
+        };
+        if set_shared_data(key, &next, cas).ok()? {
+            return Some(outcome);
+        }
+    }
+    None
+}
+
 /// Creates a shared-data record with `initial` unless it exists. Envoy has no atomic
 /// create-if-absent (a write with CAS 0 is unconditional, so two workers that both read "absent"
 /// would both write and one update could be lost): records are created here, at configure time,

@@ -203,26 +203,25 @@ impl Gate {
     /// next requests instead of failing them, and probe until it is back.
     pub fn upstream_gone(&self) {
         let known = self.generation.get();
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(STATE_KEY) else {
-                return;
-            };
-            let current = PodState::decode(value.as_deref());
+        let outcome = host::update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
+            let current = PodState::decode(value);
             if current.generation != known || !current.ready {
                 // Somebody already said so, or the function came back since.
-                self.adopt(current);
-                return;
+                (None, (current, false))
+            } else {
+                let next = current.next(false);
+                (Some(next.encode()), (next, true))
             }
-            let next = current.next(false);
-            if let Ok(true) = host::set_shared_data(STATE_KEY, &next.encode(), cas) {
+        });
+        if let Some((state, wrote)) = outcome {
+            if wrote {
                 log::info!(
                     "readiness: the connection to function {:?} failed; holding requests until {} answers",
                     self.function,
                     self.settings.path
                 );
-                self.adopt(next);
-                return;
             }
+            self.adopt(state);
         }
     }
 
@@ -313,28 +312,29 @@ impl Gate {
     }
 
     fn publish_ready(&self) {
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(STATE_KEY) else {
-                break;
-            };
-            let current = PodState::decode(value.as_deref());
+        let outcome = host::update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
+            let current = PodState::decode(value);
             if current.ready {
-                self.adopt(current);
-                return;
+                (None, (current, false))
+            } else {
+                let next = current.next(true);
+                (Some(next.encode()), (next, true))
             }
-            let next = current.next(true);
-            if let Ok(true) = host::set_shared_data(STATE_KEY, &next.encode(), cas) {
-                log::info!(
-                    "readiness: function {:?} answered {}; requests flow",
-                    self.function,
-                    self.settings.path
-                );
-                self.adopt(next);
-                return;
+        });
+        match outcome {
+            Some((state, wrote)) => {
+                if wrote {
+                    log::info!(
+                        "readiness: function {:?} answered {}; requests flow",
+                        self.function,
+                        self.settings.path
+                    );
+                }
+                self.adopt(state);
             }
+            // Shared data unusable: at least this worker knows.
+            None => self.ready.set(true),
         }
-        // Shared data unusable: at least this worker knows.
-        self.ready.set(true);
     }
 
     /// Starts a probe if none is in flight in the pod and the retry interval has passed.
@@ -442,39 +442,39 @@ impl Gate {
 
     /// Counts a request into the pod-wide held total, unless it is at `max_pending`.
     fn reserve_slot(&self) -> bool {
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(PENDING_KEY) else {
-                return true; // cannot count: hold rather than refuse
-            };
-            let pending = decode_number(value.as_deref());
-            if pending >= self.settings.max_pending {
-                return false;
+        let max = self.settings.max_pending;
+        let reserved = host::update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
+            let pending = decode_number(value);
+            if pending >= max {
+                (None, false)
+            } else {
+                (
+                    Some(pending.saturating_add(1).to_string().into_bytes()),
+                    true,
+                )
             }
-            let next = pending.saturating_add(1);
-            if let Ok(true) = host::set_shared_data(PENDING_KEY, next.to_string().as_bytes(), cas) {
+        });
+        match reserved {
+            Some(true) => {
                 // The gauge moves by the change, not to the value: workers' updates commute.
                 adjust(self.metrics.pending, 1);
-                return true;
+                true
             }
+            Some(false) => false,
+            // Cannot count: hold rather than refuse.
+            None => true,
         }
-        true
     }
 
     fn release_slots(&self, n: usize) {
         let n = n as u64;
-        for _ in 0..CAS_ROUNDS {
-            let Ok((value, cas)) = host::shared_data(PENDING_KEY) else {
-                return;
-            };
-            let current = decode_number(value.as_deref());
+        let released = host::update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
+            let current = decode_number(value);
             let next = current.saturating_sub(n);
-            if let Ok(true) = host::set_shared_data(PENDING_KEY, next.to_string().as_bytes(), cas) {
-                adjust(
-                    self.metrics.pending,
-                    -i64::try_from(current - next).unwrap_or(0),
-                );
-                return;
-            }
+            (Some(next.to_string().into_bytes()), current - next)
+        });
+        if let Some(released) = released {
+            adjust(self.metrics.pending, -i64::try_from(released).unwrap_or(0));
         }
     }
 }
