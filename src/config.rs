@@ -6,6 +6,7 @@
 //! manifest that caused them. Unknown keys are errors too: a typo must not silently fall back to
 //! a default. Nothing here calls the host.
 
+use crate::strict_json;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,6 +70,8 @@ pub struct ReadinessSection {
     pub retry_interval_ms: u64,
     pub max_wait_ms: u64,
     pub max_pending: u64,
+    /// The request body bytes held in the pod at once while the function is not ready.
+    pub max_pending_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,25 +178,87 @@ impl Default for Config {
                 retry_interval_ms: 100,
                 max_wait_ms: 30000,
                 max_pending: 1024,
+                max_pending_bytes: 16 << 20,
             },
             policy: PolicySection::default(),
         }
     }
 }
 
+/// Which entries of `policy.functions` a parse keeps. Every entry is validated either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// All of them (the render tool and the checker show any function's rules).
+    All,
+    /// Only the local function's (a sidecar enforces its own function only), or none when the
+    /// local function is unknown.
+    Only(Option<String>),
+}
+
+/// The largest configuration a sidecar accepts. A policy is read entry by entry and only the
+/// local function's entry is kept, so a VM's memory grows by about this much at most while it
+/// reads one (wasm memory is never given back).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
 impl Config {
-    /// Parses the plugin configuration. Empty (or whitespace-only) input means all defaults,
-    /// as Envoy passes no bytes when the manifest sets no configuration.
+    /// Parses the plugin configuration, keeping every function's policy entry. Empty (or
+    /// whitespace-only) input means all defaults, as Envoy passes no bytes when the manifest sets
+    /// no configuration.
     pub fn parse(input: &[u8]) -> Result<Config, ConfigError> {
-        if input.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Config::default());
-        }
-        let root: Value = serde_json::from_slice(input)
-            .map_err(|e| ConfigError::new("configuration", format!("invalid JSON: {e}")))?;
-        Config::from_value(&root)
+        Config::parse_with(input, |_| Keep::All)
     }
 
-    pub fn from_value(root: &Value) -> Result<Config, ConfigError> {
+    /// Parses the plugin configuration; `keep` sees the `function` section (once every section
+    /// is valid) and says which entries of `policy.functions` to keep. The same input gives the
+    /// same error whatever `keep` says: JSON and duplicate keys first, then the sections, then
+    /// the policy entries.
+    pub fn parse_with(
+        input: &[u8],
+        keep: impl FnOnce(&FunctionSection) -> Keep,
+    ) -> Result<Config, ConfigError> {
+        if input.iter().all(u8::is_ascii_whitespace) {
+            let config = Config::default();
+            keep(&config.function);
+            return Ok(config);
+        }
+        if input.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(
+                "configuration",
+                format!(
+                    "{} bytes, more than the {MAX_CONFIG_BYTES} a sidecar accepts",
+                    input.len()
+                ),
+            ));
+        }
+        // First the whole text (JSON, duplicate keys) and every section but the policy entries.
+        let mut has_functions = false;
+        let root = strict_json::read(input, FUNCTIONS_PATH, &mut |_, _, _| {
+            has_functions = true;
+            Ok(())
+        })?;
+        let mut config = Config::from_value(&root)?;
+        let keep = keep(&config.function);
+        if !has_functions {
+            return Ok(config);
+        }
+        // Then the entries one by one: each validated, only the wanted ones kept.
+        let functions = &mut config.policy.functions;
+        strict_json::read(input, FUNCTIONS_PATH, &mut |name, path, value| {
+            function_name(path, name)?;
+            let rules = rules(&Obj::new(&value, path, RULE_KEYS)?)?;
+            let wanted = match keep {
+                Keep::All => true,
+                Keep::Only(ref local) => local.as_deref() == Some(name),
+            };
+            if wanted {
+                functions.insert(name.to_string(), rules);
+            }
+            Ok(())
+        })?;
+        Ok(config)
+    }
+
+    fn from_value(root: &Value) -> Result<Config, ConfigError> {
         let root = Obj::new(
             root,
             "",
@@ -269,6 +334,7 @@ impl Config {
                 "retry_interval_ms",
                 "max_wait_ms",
                 "max_pending",
+                "max_pending_bytes",
             ],
         )? {
             let r = &mut config.readiness;
@@ -277,19 +343,32 @@ impl Config {
             }
             for (key, slot) in [("cluster", &mut r.cluster), ("authority", &mut r.authority)] {
                 if let Some(s) = o.string(key)? {
-                    *slot = non_blank(&o.path(key), s)?;
+                    *slot = visible(&o.path(key), s)?;
                 }
             }
             if let Some(p) = o.string("path")? {
                 r.path = request_path(&o.path("path"), p)?;
             }
-            for (key, slot) in [
-                ("probe_timeout_ms", &mut r.probe_timeout_ms),
-                ("retry_interval_ms", &mut r.retry_interval_ms),
-                ("max_wait_ms", &mut r.max_wait_ms),
-                ("max_pending", &mut r.max_pending),
+            for (key, slot, range) in [
+                (
+                    "probe_timeout_ms",
+                    &mut r.probe_timeout_ms,
+                    PROBE_TIMEOUT_MS,
+                ),
+                (
+                    "retry_interval_ms",
+                    &mut r.retry_interval_ms,
+                    RETRY_INTERVAL_MS,
+                ),
+                ("max_wait_ms", &mut r.max_wait_ms, MAX_WAIT_MS),
+                ("max_pending", &mut r.max_pending, MAX_PENDING),
+                (
+                    "max_pending_bytes",
+                    &mut r.max_pending_bytes,
+                    MAX_PENDING_BYTES,
+                ),
             ] {
-                if let Some(n) = o.positive_int(key)? {
+                if let Some(n) = o.int_in(key, range)? {
                     *slot = n;
                 }
             }
@@ -298,18 +377,14 @@ impl Config {
             if let Some(d) = o.object("default", RULE_KEYS)? {
                 config.policy.default = rules(&d)?;
             }
-            if let Some(fs) = o.any_object("functions")? {
-                for (name, value) in fs.map {
-                    let path = fs.path(name);
-                    function_name(&path, name)?;
-                    let entry = Obj::new(value, &path, RULE_KEYS)?;
-                    config.policy.functions.insert(name.clone(), rules(&entry)?);
-                }
-            }
+            // Its entries are read one by one by `parse_with`; here only its shape.
+            o.any_object("functions")?;
         }
         Ok(config)
     }
 }
+
+const FUNCTIONS_PATH: &str = "policy.functions";
 
 const RULE_KEYS: &[&str] = &[
     "mode",
@@ -331,8 +406,8 @@ fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
                 _ => PolicyMode::Enforce,
             }),
         require_mtls: o.boolean("require_mtls")?,
-        max_body_bytes: o.positive_int("max_body_bytes")?,
-        max_inflight: o.positive_int("max_inflight")?,
+        max_body_bytes: o.int_in("max_body_bytes", MAX_BODY_BYTES)?,
+        max_inflight: o.int_in("max_inflight", MAX_INFLIGHT)?,
         ..PolicyRules::default()
     };
     if let Some(list) = o.strings("methods")? {
@@ -362,7 +437,8 @@ fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
         let path = o.path("principals");
         for (i, p) in list.iter().enumerate() {
             let star = p.find('*');
-            if p.is_empty() || star.is_some_and(|at| at + 1 != p.len()) {
+            let visible = p.bytes().all(|c| c.is_ascii_graphic());
+            if p.is_empty() || !visible || star.is_some_and(|at| at + 1 != p.len()) {
                 return Err(ConfigError::new(
                     format!("{path}[{i}]"),
                     format!(
@@ -375,10 +451,12 @@ fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
         r.principals = Some(list.into_iter().map(str::to_string).collect());
     }
     if let Some(rl) = o.object("rate_limit", &["requests_per_second", "burst"])? {
-        let rps = rl.positive_number("requests_per_second")?.ok_or_else(|| {
-            ConfigError::new(rl.path("requests_per_second"), "required in rate_limit")
-        })?;
-        let burst = match rl.positive_int("burst")? {
+        let rps = rl
+            .positive_number("requests_per_second", MAX_RATE)?
+            .ok_or_else(|| {
+                ConfigError::new(rl.path("requests_per_second"), "required in rate_limit")
+            })?;
+        let burst = match rl.int_in("burst", MAX_BURST)? {
             Some(b) => b,
             // A bucket holds at least one second of traffic (and at least one request).
             None => rps.ceil().max(1.0) as u64,
@@ -487,17 +565,46 @@ impl<'a> Obj<'a> {
         self.typed(key, "a boolean", Value::as_bool)
     }
 
-    /// A whole number from 1 to 2^53 (exactly representable wherever the JSON came from).
-    fn positive_int(&self, key: &str) -> Result<Option<u64>, ConfigError> {
-        self.typed(key, "a positive integer", |v| {
-            v.as_u64().filter(|n| (1..=(1u64 << 53)).contains(n))
-        })
+    /// A whole number in `range`: what Envoy and the filter can honour for this key.
+    fn int_in(&self, key: &str, range: (u64, u64)) -> Result<Option<u64>, ConfigError> {
+        let (min, max) = range;
+        let Some(n) = self.typed(key, "a positive integer", |v| {
+            v.as_u64().filter(|n| *n >= 1)
+        })?
+        else {
+            return Ok(None);
+        };
+        if n < min {
+            Err(ConfigError::new(
+                self.path(key),
+                format!("expected at least {min}, got {n}"),
+            ))
+        } else if n > max {
+            Err(ConfigError::new(
+                self.path(key),
+                format!("expected at most {max}, got {n}"),
+            ))
+        } else {
+            Ok(Some(n))
+        }
     }
 
-    fn positive_number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        self.typed(key, "a positive number", |v| {
+    /// A number above 0 and at most `max` (no float formatting: it would pull in a formatter).
+    fn positive_number(&self, key: &str, max: u64) -> Result<Option<f64>, ConfigError> {
+        let Some(n) = self.typed(key, "a positive number", |v| {
             v.as_f64().filter(|n| n.is_finite() && *n > 0.0)
-        })
+        })?
+        else {
+            return Ok(None);
+        };
+        if n > max as f64 {
+            let got = self.map.get(key).map(describe).unwrap_or_default();
+            return Err(ConfigError::new(
+                self.path(key),
+                format!("expected at most {max}, got {got}"),
+            ));
+        }
+        Ok(Some(n))
     }
 
     fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>, ConfigError> {
@@ -615,23 +722,95 @@ fn request_path(path: &str, s: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// An HTTP header field name (RFC 9110 token), stored lowercase.
+/// An HTTP header field name (RFC 9110 token), stored lowercase, that the filter may write:
+/// not one that frames the message, is hop-by-hop, or that Envoy, tracing or the policy reads.
 fn header_name(path: &str, s: &str) -> Result<String, ConfigError> {
     let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-    if !s.is_empty() && s.len() <= 128 && s.bytes().all(tchar) {
-        Ok(s.to_ascii_lowercase())
-    } else {
-        Err(ConfigError::new(
+    if s.is_empty() || s.len() > 128 || !s.bytes().all(tchar) {
+        return Err(ConfigError::new(
             path,
             format!("expected an HTTP header name, got {}", quote(s)),
-        ))
+        ));
     }
+    let name = s.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&name.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "{} is a header that HTTP, Envoy, tracing or the policy depends on \
+                 (framing, hop-by-hop, routing, identity); choose a header of your own",
+                quote(s)
+            ),
+        ));
+    }
+    Ok(name)
 }
 
-fn non_blank(path: &str, s: &str) -> Result<String, ConfigError> {
+/// Header names the filter must never write (checked lowercase).
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "location",
+    "retry-after",
+    "allow",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-client-cert",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+    "x-openfaas-internal",
+    "traceparent",
+    "tracestate",
+    "b3",
+];
+const RESERVED_PREFIXES: &[&str] = &["x-envoy-", "x-b3-", "x-istio-", ":"];
+
+/// A string that ends up in a header or a path: visible ASCII only (no spaces, no CR/LF).
+fn visible(path: &str, s: &str) -> Result<String, ConfigError> {
     if s.trim().is_empty() {
         Err(ConfigError::new(path, "expected a non-empty string"))
+    } else if !s.bytes().all(|c| c.is_ascii_graphic()) {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "expected visible ASCII characters only (no spaces or control characters), got {}",
+                quote(s)
+            ),
+        ))
     } else {
         Ok(s.to_string())
     }
 }
+
+/// The ranges of the numbers (inclusive): what Envoy and the filter can honour.
+/// A probe's timeout goes to Envoy as milliseconds; a minute is far beyond any health check.
+pub const PROBE_TIMEOUT_MS: (u64, u64) = (1, 60_000);
+/// The tick that drives probes: under 10 ms would spin the worker, over a minute is not a retry.
+pub const RETRY_INTERVAL_MS: (u64, u64) = (10, 60_000);
+/// How long a request may be held: at most ten minutes (gateways time out long before).
+pub const MAX_WAIT_MS: (u64, u64) = (1, 600_000);
+pub const MAX_PENDING: (u64, u64) = (1, 65_536);
+/// Bytes of request bodies held in one pod while the function starts.
+pub const MAX_PENDING_BYTES: (u64, u64) = (1, 1 << 30);
+pub const MAX_BODY_BYTES: (u64, u64) = (1, 1 << 30);
+pub const MAX_INFLIGHT: (u64, u64) = (1, 1_000_000);
+pub const MAX_BURST: (u64, u64) = (1, 1_000_000_000);
+pub const MAX_RATE: u64 = 1_000_000;

@@ -9,7 +9,7 @@
 //! run from the root context's tick (see `readiness`).
 
 use crate::call_id;
-use crate::config::Config;
+use crate::config::{Config, Keep};
 use crate::enforcement::Enforcer;
 use crate::header_map;
 use crate::host::{self, HostLogger};
@@ -160,8 +160,14 @@ impl RootContext for Root {
 fn configure() -> Result<Plan, String> {
     let raw = host::plugin_configuration()
         .map_err(|e| format!("configuration: the host did not hand it over ({e:?})"))?;
-    let config = Config::parse(&raw).map_err(|e| e.to_string())?;
-    let pod = pod_info(&config.function.name_label);
+    // The pod label is read once the `function` section is known; only the local function's
+    // policy entry is kept (every entry is still checked).
+    let mut pod = PodInfo::default();
+    let config = Config::parse_with(&raw, |function| {
+        pod = pod_info(&function.name_label);
+        Keep::Only(Plan::local_function(function, &pod))
+    })
+    .map_err(|e| e.to_string())?;
     Plan::compile(&config, &pod).map_err(|e| e.to_string())
 }
 
@@ -351,6 +357,10 @@ impl HttpContext for Call {
                 count(self.counters.rewritten);
                 let _ = host::set_header(MapType::HttpRequestHeaders, ":path", &new_path);
             }
+            Route::DotSegment => {
+                count(self.counters.not_found);
+                return self.answer(&plan, DOT_SEGMENT);
+            }
             Route::Unprefixed => {}
         }
         if id_is_new {
@@ -520,6 +530,15 @@ fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a 
     };
     true
 }
+
+/// A rewritten path must not climb out of the function's own (`pathNormalization: NONE`).
+const DOT_SEGMENT: LocalReply = LocalReply {
+    status: 400,
+    details: "faas_mesh_filter.dot_segment",
+    error: "dot segment in path",
+    retry_after: None,
+    allow: None,
+};
 
 const UNAVAILABLE: LocalReply = LocalReply {
     status: 503,

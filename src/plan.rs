@@ -1,7 +1,9 @@
 //! The compiled configuration of one pod: everything a request needs, resolved once in
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
-use crate::config::{Config, ConfigError, HeadersSection, ReadinessSection, TracingSection};
+use crate::config::{
+    Config, ConfigError, FunctionSection, HeadersSection, ReadinessSection, TracingSection,
+};
 use crate::policy::Policy;
 use crate::rewrite::Rewriter;
 
@@ -33,10 +35,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The local function: `function.name`, else the pod label when it is a function name.
+    pub fn local_function(function: &FunctionSection, pod: &PodInfo) -> Option<String> {
+        match (&function.name, &pod.label_value) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(label)) if crate::config::is_function_name(label) => Some(label.clone()),
+            _ => None,
+        }
+    }
+
     pub fn compile(config: &Config, pod: &PodInfo) -> Result<Plan, ConfigError> {
         let mut notices = Vec::new();
         let function = match (&config.function.name, &pod.label_value) {
-            (Some(name), _) => Some(name.clone()),
+            (Some(_), _) => Plan::local_function(&config.function, pod),
             (None, Some(label)) if crate::config::is_function_name(label) => Some(label.clone()),
             (None, Some(label)) => {
                 notices.push(format!(

@@ -3,7 +3,10 @@
 //!
 //! The rest of the path and the query are passed on byte for byte: unlike the gateway, which
 //! rebuilds the URL from the decoded path, `%2F` stays `%2F`, `%3F` stays in the path, and `//`
-//! stays double. Envoy has already normalised dot segments (Istio's inbound `normalize_path`).
+//! stays double. A rest with a dot segment (`.` or `..`, also percent-encoded, also between
+//! encoded slashes) is refused with 400 rather than forwarded: Istio's default `normalize_path`
+//! resolves them before the filter, but `pathNormalization: NONE` does not, and the function must
+//! never see a path that climbs out of the one the caller was routed to.
 
 use crate::config::OtherFunction;
 
@@ -16,6 +19,8 @@ pub enum Route {
     Rewrite(Vec<u8>),
     /// Answer 404: the path names no function this pod serves.
     NotFound(NotFound),
+    /// Answer 400: the rest of the path has a dot segment.
+    DotSegment,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +105,9 @@ impl Rewriter {
         if self.other_function == OtherFunction::Reject && !self.is_local(name, namespace) {
             return Route::NotFound(NotFound::OtherFunction);
         }
+        if has_dot_segment(rest) {
+            return Route::DotSegment;
+        }
         let rest: &[u8] = if rest.is_empty() { b"/" } else { rest };
         let mut out = Vec::with_capacity(rest.len() + query.len());
         out.extend_from_slice(rest);
@@ -115,6 +123,43 @@ impl Rewriter {
             _ => true,
         };
         name_matches && namespace_matches
+    }
+}
+
+/// Whether a path (without its query) has a segment that is `.` or `..` once `%2e` is decoded;
+/// `%2f` and `%5c` (and `\\`) count as separators, as some servers decode them before resolving.
+pub fn has_dot_segment(path: &[u8]) -> bool {
+    let mut dots = 0u8; // dots in the current segment, or 3 once it holds anything else
+    let mut i = 0;
+    loop {
+        let (separator, width) = match path.get(i..) {
+            None | Some([]) => (true, 0),
+            Some([b'/' | b'\\', ..]) => (true, 1),
+            Some([b'%', a, b, ..])
+                if matches!((a, b.to_ascii_lowercase()), (b'2', b'f') | (b'5', b'c')) =>
+            {
+                (true, 3)
+            }
+            _ => (false, 0),
+        };
+        if separator {
+            if dots == 1 || dots == 2 {
+                return true;
+            }
+            if width == 0 {
+                return false;
+            }
+            dots = 0;
+            i += width;
+            continue;
+        }
+        let (dot, width) = match path.get(i..) {
+            Some([b'.', ..]) => (true, 1),
+            Some([b'%', b'2', e, ..]) if e.eq_ignore_ascii_case(&b'e') => (true, 3),
+            _ => (false, 1),
+        };
+        dots = if dot && dots < 2 { dots + 1 } else { 3 };
+        i += width;
     }
 }
 
@@ -163,6 +208,40 @@ mod tests {
     fn namespace_unknown_accepts_any_namespace_of_the_local_name() {
         let r = Rewriter::new("/function/", Some("env"), None, OtherFunction::Reject);
         assert_eq!(rewritten(&r, "/function/env.team-a/x"), "/x");
+    }
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_refused() {
+        let r = env();
+        for path in [
+            "/function/env/../x",
+            "/function/env/./x",
+            "/function/env/..",
+            "/function/env/a/..",
+            "/function/env/%2e%2e/x",
+            "/function/env/%2E%2e/x",
+            "/function/env/.%2e/x",
+            "/function/env/%2e./x?q=1",
+            "/function/env/%2e",
+            "/function/env/..%2fx",
+            "/function/env/..%2Fx",
+            "/function/env/a%2f..%2fb",
+            "/function/env/..%5cx",
+            "/function/env/..\\x",
+            "/function/env//../x",
+        ] {
+            assert_eq!(r.route(path.as_bytes()), Route::DotSegment, "{path}");
+        }
+        for (path, to) in [
+            ("/function/env/...", "/..."),
+            ("/function/env/.a/..b/a..", "/.a/..b/a.."),
+            ("/function/env/%2e%2e%2e", "/%2e%2e%2e"),
+            ("/function/env/x?p=../..", "/x?p=../.."),
+            ("/function/env/%2", "/%2"),
+            ("/function/env/%", "/%"),
+        ] {
+            assert_eq!(rewritten(&r, path), to, "{path}");
+        }
     }
 
     #[test]

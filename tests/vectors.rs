@@ -43,6 +43,7 @@ fn rewrite_vectors() {
             Route::NotFound(NotFound::MissingName) => "404 missing_name".into(),
             Route::NotFound(NotFound::InvalidName) => "404 invalid_name".into(),
             Route::NotFound(NotFound::OtherFunction) => "404 other_function".into(),
+            Route::DotSegment => "400 dot_segment".into(),
         };
         assert_eq!(got, case["expect"].as_str().expect("expect"), "case {case}");
     }
@@ -80,6 +81,7 @@ fn field(c: &Config, path: &str) -> Value {
         "readiness.max_wait_ms" => json!(c.readiness.max_wait_ms),
         "readiness.retry_interval_ms" => json!(c.readiness.retry_interval_ms),
         "readiness.max_pending" => json!(c.readiness.max_pending),
+        "readiness.max_pending_bytes" => json!(c.readiness.max_pending_bytes),
         p if p.starts_with("policy.default.") => {
             rules(&c.policy.default, &p["policy.default.".len()..])
         }
@@ -277,4 +279,60 @@ fn trace_vectors() {
             .collect();
         assert_eq!(Value::Object(got), case["out"], "{name}");
     }
+}
+
+#[test]
+fn a_sidecar_keeps_only_its_own_functions_entry_but_checks_them_all() {
+    use faas_mesh_filter::config::Keep;
+    let text = r#"{"function":{"name":"env"},"policy":{"functions":{"figlet":{"max_inflight":2},"env":{"max_inflight":3}}}}"#;
+    let config = Config::parse_with(text.as_bytes(), |f| {
+        assert_eq!(
+            f.name.as_deref(),
+            Some("env"),
+            "keep sees the function section"
+        );
+        Keep::Only(Some("env".into()))
+    })
+    .expect("parses");
+    assert_eq!(config.policy.functions.len(), 1);
+    assert_eq!(config.policy.functions["env"].max_inflight, Some(3));
+    let none = Config::parse_with(text.as_bytes(), |_| Keep::Only(None)).expect("parses");
+    assert!(none.policy.functions.is_empty());
+    // Another function's bad entry is refused by every sidecar, with the same message.
+    let bad = r#"{"policy":{"functions":{"env":{},"figlet":{"max_inflight":0}}}}"#;
+    let all = Config::parse(bad.as_bytes()).expect_err("refused");
+    let only = Config::parse_with(bad.as_bytes(), |_| Keep::Only(Some("env".into())))
+        .expect_err("refused");
+    assert_eq!(all, only);
+    assert_eq!(
+        all.to_string(),
+        "policy.functions.figlet.max_inflight: expected a positive integer, got 0"
+    );
+}
+
+#[test]
+fn a_configuration_over_the_size_limit_is_refused_and_one_under_it_loads() {
+    use faas_mesh_filter::config::{Keep, MAX_CONFIG_BYTES};
+    // Entries of about 30 bytes, enough of them to pass the limit by one entry.
+    let entry = |i: usize| format!(r#""fn-{i}":{{"max_inflight":{}}}"#, i % 100 + 1);
+    let document = |n: usize| {
+        let entries: Vec<String> = (0..n).map(entry).collect();
+        format!(r#"{{"policy":{{"functions":{{{}}}}}}}"#, entries.join(","))
+    };
+    let mut n = MAX_CONFIG_BYTES / 32;
+    while document(n).len() <= MAX_CONFIG_BYTES {
+        n += 1000;
+    }
+    while document(n - 1).len() > MAX_CONFIG_BYTES {
+        n -= 1;
+    }
+    let text = document(n);
+    let e = Config::parse(text.as_bytes()).expect_err("too large");
+    assert_eq!(e.path, "configuration");
+    assert!(e.problem.contains(&MAX_CONFIG_BYTES.to_string()), "{e}");
+    let text = document(n - 1);
+    let config =
+        Config::parse_with(text.as_bytes(), |_| Keep::Only(Some("fn-7".into()))).expect("loads");
+    assert_eq!(config.policy.functions.len(), 1);
+    assert_eq!(config.policy.functions["fn-7"].max_inflight, Some(8));
 }

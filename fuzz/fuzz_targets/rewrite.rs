@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                     "forwarded bytes the caller did not send"
                 );
             }
-            Route::NotFound(_) => assert!(path.starts_with(b"/function/")),
+            Route::NotFound(_) | Route::DotSegment => assert!(path.starts_with(b"/function/")),
         }
     }
 });

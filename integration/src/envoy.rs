@@ -54,6 +54,9 @@ pub struct EnvoyOptions {
     pub fail_open: bool,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,
+    /// Envoy's `normalize_path` (Istio's default `pathNormalization: BASE`); false is Istio's
+    /// `pathNormalization: NONE`, where dot segments reach the filter as sent.
+    pub normalize_path: bool,
     /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
     /// the peer's identity is its certificate's SPIFFE URI SAN).
     pub tls: Option<crate::tls::ServerTls>,
@@ -73,6 +76,7 @@ impl EnvoyOptions {
             tls: None,
             manifest: None,
             fail_open: false,
+            normalize_path: true,
         }
     }
 
@@ -598,7 +602,7 @@ fn bootstrap(
         "stat_prefix": "inbound_0.0.0.0_8080",
         "codec_type": "AUTO",
         // As Istio configures inbound HTTP: paths normalised, slashes and escapes left alone.
-        "normalize_path": true,
+        "normalize_path": options.normalize_path,
         "merge_slashes": false,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "forward_client_cert_details": "APPEND_FORWARD",

@@ -191,13 +191,13 @@ async fn every_rewrite_vector_holds_through_envoy() {
                     seen_path
                 }
             }
-            404 if response.header("x-openfaas-internal") == Some("faas-mesh-filter") => {
+            status if response.header("x-openfaas-internal") == Some("faas-mesh-filter") => {
                 assert_eq!(
                     function.calls(),
                     calls_before,
-                    "{path}: a 404 reached the function"
+                    "{path}: a {status} reached the function"
                 );
-                format!("404 {}", reason_code(&response.json()["error"]))
+                format!("{status} {}", reason_code(&response.json()["error"]))
             }
             // Refused by Envoy itself, before the filter.
             status => status.to_string(),
@@ -216,6 +216,7 @@ fn reason_code(message: &Value) -> &'static str {
         Some("missing function name") => "missing_name",
         Some("invalid function name") => "invalid_name",
         Some("function not served by this pod") => "other_function",
+        Some("dot segment in path") => "dot_segment",
         _ => "unknown",
     }
 }

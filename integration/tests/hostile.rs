@@ -258,3 +258,59 @@ async fn method_override_headers_cannot_reach_a_forbidden_method() {
     }
     assert_eq!(function.calls(), 0);
 }
+
+/// Istio's `pathNormalization: NONE` leaves dot segments to the filter: in any spelling, over
+/// HTTP/1.1 and HTTP/2, a rewritten path with one is answered 400 (with the call id) and never
+/// reaches the function; without the prefix the path is not the filter's to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_envoys_normalization_dot_segments_never_reach_the_function() {
+    let function = StandInFunction::start().await.expect("stand-in function");
+    let mut options = EnvoyOptions::for_function(function.port());
+    options.normalize_path = false;
+    let envoy = Envoy::start(options).await.expect("envoy");
+    let targets = [
+        "/function/env/../x",
+        "/function/env/./x",
+        "/function/env/..",
+        "/function/env/a/../../x",
+        "/function/env/%2e%2e/x",
+        "/function/env/%2E%2e/x",
+        "/function/env/.%2e/x?y=1",
+        "/function/env/..%2Fx",
+        "/function/env/a%2f..%2fb",
+        "/function/env/..%5Cx",
+        "/function/env.openfaas-fn/../x",
+    ];
+    let check = |target: &str, response: &Response| {
+        assert_eq!(response.status, 400, "{target}: {}", response.text());
+        assert_eq!(
+            response.header("x-openfaas-internal"),
+            Some("faas-mesh-filter"),
+            "{target}"
+        );
+        let call_id = response.header("x-call-id").expect("call id on a 400");
+        assert_eq!(response.json()["call_id"], call_id, "{target}");
+        assert_eq!(response.json()["error"], "dot segment in path", "{target}");
+    };
+    for target in targets {
+        let response = envoy.send(&Request::get(target)).await.expect("response");
+        check(target, &response);
+        let response = envoy
+            .send(&Request::new("POST", target).body("ok"))
+            .await
+            .expect("response");
+        check(target, &response);
+    }
+    let requests: Vec<Request> = targets.iter().map(|t| Request::get(t)).collect();
+    let responses = http::send_h2(envoy.addr(), &requests)
+        .await
+        .expect("h2 responses");
+    for (target, response) in targets.iter().zip(&responses) {
+        check(target, response);
+    }
+    assert_eq!(function.calls(), 0, "a dot segment reached the function");
+    // A plain path and a prefixed one without dot segments still go through.
+    let seen = envoy.get("/function/env/a/.../b?x=../y").await;
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.json()["path"], "/a/.../b?x=../y");
+}

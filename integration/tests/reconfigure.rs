@@ -119,3 +119,116 @@ async fn pushes_under_load_lose_no_request() {
         "the stream was too thin to show anything ({total})"
     );
 }
+
+/// What a reviewer reads is what the sidecar enforces: a configuration that reads one way and
+/// would parse another (a duplicate key), that would write a framing header, that smuggles a
+/// CR/LF into the probe, or whose numbers Envoy cannot honour is refused with the key named,
+/// and the rule that was serving stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misleading_configurations_are_refused_and_the_serving_rule_stays() {
+    let function = StandInFunction::start().await.expect("function");
+    let enforce = r#"{"policy": {"default": {"methods": ["GET"]}}}"#;
+    let mut envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(enforce))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    assert_eq!(delete_status(&envoy).await, 405);
+    let refused = [
+        (
+            r#"{"policy": {"default": {"methods": ["GET"], "mode": "enforce", "mode": "off"}}}"#,
+            "policy.default.mode: duplicate key",
+        ),
+        (
+            r#"{"policy": {"functions": {"env": {"mode": "enforce"}, "env": {"mode": "off"}}}}"#,
+            "policy.functions.env: duplicate key",
+        ),
+        (
+            r#"{"policy": {"default": {"mode": "off"}}, "policy": {}}"#,
+            "policy: duplicate key",
+        ),
+        (
+            r#"{"headers": {"start_time": "content-length"}}"#,
+            "headers.start_time: \"content-length\" is a header",
+        ),
+        (
+            r#"{"headers": {"call_id": "transfer-encoding"}}"#,
+            "headers.call_id: \"transfer-encoding\" is a header",
+        ),
+        (
+            r#"{"readiness": {"authority": "127.0.0.1:8080\r\nx-a: b"}}"#,
+            "readiness.authority: expected visible ASCII",
+        ),
+        (
+            r#"{"readiness": {"probe_timeout_ms": 3000000000}}"#,
+            "readiness.probe_timeout_ms: expected at most 60000, got 3000000000",
+        ),
+    ];
+    for (config, message) in refused {
+        let outcome = envoy.push_config(config).await.expect("push");
+        assert_eq!(outcome, ConfigOutcome::Rejected, "{config}");
+        let log = envoy.log_when(|log| log.contains(message)).await;
+        assert!(log.contains(message), "{config}: no log line {message:?}");
+        // The enforce rule still serves.
+        assert_eq!(delete_status(&envoy).await, 405, "after {config}");
+        assert_eq!(envoy.get("/function/env/x").await.status, 200);
+    }
+}
+
+/// A policy for a whole cluster (about 1 MiB, tens of thousands of functions) loads, the
+/// sidecar keeps only its own function's rules, and Envoy's memory grows by a bounded amount
+/// (wasm memory is never given back); one byte more than the limit is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_sized_policy_costs_the_sidecar_only_its_own_function() {
+    let function = StandInFunction::start().await.expect("function");
+    let mut envoy = Envoy::start(EnvoyOptions::for_function(function.port()))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.get("/function/env/warm").await.status, 200);
+    let limit = faas_mesh_filter::config::MAX_CONFIG_BYTES;
+    let document = |n: usize| {
+        let mut entries: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#""fn-{i}":{{"methods":["GET","POST"],"max_inflight":{}}}"#,
+                    i % 50 + 1
+                )
+            })
+            .collect();
+        entries.push(r#""env":{"methods":["GET"]}"#.to_string());
+        format!(r#"{{"policy":{{"functions":{{{}}}}}}}"#, entries.join(","))
+    };
+    let mut n = limit / 60;
+    while document(n + 100).len() <= limit {
+        n += 100;
+    }
+    let fits = document(n);
+    assert!(fits.len() <= limit && fits.len() > limit - 10_000);
+    let before = envoy.rss_kib();
+    assert_eq!(
+        envoy.push_config(&fits).await.expect("push"),
+        ConfigOutcome::Accepted
+    );
+    // The local function's entry applies.
+    assert_eq!(delete_status(&envoy).await, 405);
+    let grown_kib = envoy.rss_kib().saturating_sub(before);
+    eprintln!("a {} byte policy grew Envoy by {grown_kib} KiB", fits.len());
+    // Three VMs (main thread and two workers) each read the 1 MiB text once; keeping every entry
+    // as a JSON tree cost over 40 MiB before (422 MiB for 5 MB).
+    assert!(
+        grown_kib < 24 * 1024,
+        "Envoy grew by {grown_kib} KiB for a {} byte policy",
+        fits.len()
+    );
+    let mut over = document(n + 100);
+    while over.len() <= limit {
+        over = document(n + 200);
+    }
+    assert_eq!(
+        envoy.push_config(&over).await.expect("push"),
+        ConfigOutcome::Rejected
+    );
+    let said = format!("more than the {limit} a sidecar accepts");
+    let log = envoy.log_when(|log| log.contains(&said)).await;
+    assert!(log.contains(&said), "no log line {said:?}");
+    assert_eq!(delete_status(&envoy).await, 405);
+}
