@@ -21,6 +21,17 @@ pub struct Config {
     pub tracing: TracingSection,
     pub readiness: ReadinessSection,
     pub policy: PolicySection,
+    pub envoy: EnvoySection,
+}
+
+/// What the host running the filter allows; it must match the Wasm `PluginConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvoySection {
+    /// The `PluginConfig` sets `allow_on_headers_stop_iteration: true` (Envoy 1.35+; the shipped
+    /// EnvoyFilter does, Istio's WasmPlugin cannot): the filter may then hold a request's headers
+    /// while it reads the body, so a body of unknown length over `max_body_bytes` never reaches the
+    /// function at all.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +192,9 @@ impl Default for Config {
                 max_pending_bytes: 16 << 20,
             },
             policy: PolicySection::default(),
+            envoy: EnvoySection {
+                allow_on_headers_stop_iteration: true,
+            },
         }
     }
 }
@@ -269,6 +283,7 @@ impl Config {
                 "tracing",
                 "readiness",
                 "policy",
+                "envoy",
             ],
         )?;
         let mut config = Config::default();
@@ -371,6 +386,11 @@ impl Config {
                 if let Some(n) = o.int_in(key, range)? {
                     *slot = n;
                 }
+            }
+        }
+        if let Some(o) = root.object("envoy", &["allow_on_headers_stop_iteration"])? {
+            if let Some(b) = o.boolean("allow_on_headers_stop_iteration")? {
+                config.envoy.allow_on_headers_stop_iteration = b;
             }
         }
         if let Some(o) = root.object("policy", &["default", "functions"])? {

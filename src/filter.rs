@@ -8,8 +8,9 @@
 //! The readiness gate adds, once the function is ready, one flag read per request; its probes
 //! run from the root context's tick (see `readiness`).
 
+use crate::body_budget;
 use crate::call_id;
-use crate::config::{Config, Keep};
+use crate::config::{Config, Keep, PolicyMode};
 use crate::enforcement::Enforcer;
 use crate::header_map;
 use crate::host::{self, HostLogger};
@@ -111,6 +112,9 @@ impl RootContext for Root {
                     .is_active()
                     .then(|| Rc::new(Enforcer::new(&plan.policy, plan.function_or_empty())));
                 self.counters = Counters::define(plan.function_or_empty());
+                if plan.readiness.is_some() {
+                    host::create_shared_data(body_budget::KEY, b"0");
+                }
                 count(host::define_metric(MetricType::Counter, metrics::CONFIG_LOADED).ok());
                 let tick = self.gate.as_ref().map_or(0, |g| g.tick_ms());
                 if let Err(e) = host::set_tick_period_ms(u32::try_from(tick).unwrap_or(50)) {
@@ -149,6 +153,7 @@ impl RootContext for Root {
             hold: None,
             inflight: false,
             counting_body: false,
+            held_bytes: 0,
         }))
     }
 
@@ -203,6 +208,9 @@ struct Call {
     /// The body has no `Content-Length` and `max_body_bytes` is set: it is held and counted
     /// until it is complete or too large.
     counting_body: bool,
+    /// Body bytes this request has reserved in the pod's held-bytes budget (while the gate
+    /// holds it).
+    held_bytes: u64,
 }
 
 impl Call {
@@ -229,6 +237,7 @@ impl Context for Call {
     }
 
     fn on_done(&mut self) -> bool {
+        self.release_held_bytes();
         if self.inflight {
             self.inflight = false;
             if let Some(enforcer) = &self.enforcer {
@@ -391,6 +400,14 @@ impl HttpContext for Call {
         }
         if let Some(gate) = self.gate.clone() {
             if !gate.is_ready() {
+                // A body the pod could never hold is answered now, not after `max_wait_ms`.
+                let budget = plan
+                    .readiness
+                    .as_ref()
+                    .map_or(u64::MAX, |r| r.max_pending_bytes);
+                if content_length.is_some_and(|len| len > budget) {
+                    return self.answer(&plan, TOO_LARGE_TO_HOLD);
+                }
                 match gate.admit(self.context_id, &self.call_id) {
                     Admission::Go => {}
                     Admission::Held(state) => {
@@ -401,9 +418,14 @@ impl HttpContext for Call {
                 }
             }
         }
-        // A body being counted is held back in `on_http_request_body`. The headers go on: a
-        // paused header phase would stop the body callbacks too (the host turns a header pause
-        // into "stop all iteration"), and the body could not be counted.
+        // A body of unknown length under an enforced `max_body_bytes`: the function sees nothing
+        // of the request until the body is complete and within the limit. This needs the host to
+        // keep calling the body callbacks while the headers wait (`allow_on_headers_stop_iteration`,
+        // set by the shipped EnvoyFilter); without it the headers go on and the body is counted
+        // and held back on its own.
+        if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {
+            return Action::Pause;
+        }
         Action::Continue
     }
 
@@ -411,27 +433,32 @@ impl HttpContext for Call {
         if self.answered_locally {
             return Action::Pause;
         }
+        // While paused, Envoy buffers the body and reports its whole size so far.
+        let size = body_size as u64;
         if self.counting_body {
-            // While paused, Envoy buffers the body and reports its whole size so far.
             let over = self
                 .enforcer
                 .as_ref()
-                .is_some_and(|e| e.policy().body_over(body_size as u64));
+                .is_some_and(|e| e.policy().body_over(size));
             if over {
                 self.counting_body = false;
                 if let Some(reply) = self.deny(Reason::BodySize, 0) {
-                    if let Some(plan) = self.plan.clone() {
-                        return self.answer(&plan, reply);
-                    }
+                    return self.answer_now(reply);
                 }
             } else if end_of_stream {
                 self.counting_body = false;
-            } else {
-                return Action::Pause;
             }
         }
-        // While held, Envoy buffers the body; it reaches the function on release.
+        // While the gate holds the request, its buffered body counts against the pod's budget;
+        // it reaches the function on release.
         if self.is_held() {
+            if let Some(reply) = self.hold_body(size) {
+                return self.answer_now(reply);
+            }
+            return Action::Pause;
+        }
+        self.release_held_bytes();
+        if self.counting_body {
             Action::Pause
         } else {
             Action::Continue
@@ -449,6 +476,7 @@ impl HttpContext for Call {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.release_held_bytes();
         let Some(plan) = self.plan.as_ref() else {
             return Action::Continue;
         };
@@ -531,6 +559,24 @@ fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a 
     true
 }
 
+/// A body larger than the pod may hold (`readiness.max_pending_bytes`) while it is not ready.
+const TOO_LARGE_TO_HOLD: LocalReply = LocalReply {
+    status: 413,
+    details: "faas_mesh_filter.too_large_to_hold",
+    error: "request body too large to hold while the function starts",
+    retry_after: None,
+    allow: None,
+};
+
+/// The pod holds `readiness.max_pending_bytes` of request bodies already.
+const BYTES_FULL: LocalReply = LocalReply {
+    status: 503,
+    details: "faas_mesh_filter.pending_bytes_full",
+    error: "too many request bytes waiting for the function to become ready",
+    retry_after: Some(1),
+    allow: None,
+};
+
 /// A rewritten path must not climb out of the function's own (`pathNormalization: NONE`).
 const DOT_SEGMENT: LocalReply = LocalReply {
     status: 400,
@@ -606,8 +652,76 @@ impl Call {
             .and_then(|e| e.deny(reason, &self.call_id, retry_after))
     }
 
+    /// Whether the policy answers denials (not audit, not off).
+    fn enforcing(&self) -> bool {
+        self.enforcer
+            .as_ref()
+            .is_some_and(|e| e.policy().mode == PolicyMode::Enforce)
+    }
+
+    /// A held request's body has grown to `body_bytes`: reserve the growth in the pod's budget,
+    /// or the reply when it does not fit.
+    fn hold_body(&mut self, body_bytes: u64) -> Option<LocalReply> {
+        let max = self.plan.as_ref()?.readiness.as_ref()?.max_pending_bytes;
+        let reserved = self.held_bytes;
+        let verdict = host::update_shared_data(body_budget::KEY, 16, |value| {
+            let total = body_budget::decode(value);
+            match body_budget::verdict(body_bytes, reserved, total, max) {
+                body_budget::Verdict::Hold { extra: 0, .. } => (None, Ok(0)),
+                body_budget::Verdict::Hold { extra, total } => {
+                    (Some(total.to_string().into_bytes()), Ok(extra))
+                }
+                refused => (None, Err(refused)),
+            }
+        });
+        match verdict {
+            Some(Ok(extra)) => {
+                self.held_bytes += extra;
+                None
+            }
+            Some(Err(body_budget::Verdict::TooLarge)) => Some(TOO_LARGE_TO_HOLD),
+            Some(Err(_)) => {
+                log::warn!(
+                    "call {}: the pod already holds {max} bytes of request bodies; answered 503",
+                    self.call_id
+                );
+                Some(BYTES_FULL)
+            }
+            // Shared data unusable: hold rather than refuse (Envoy's buffer limit still bounds it).
+            None => None,
+        }
+    }
+
+    /// Gives this request's reserved body bytes back to the pod's budget.
+    fn release_held_bytes(&mut self) {
+        if self.held_bytes == 0 {
+            return;
+        }
+        let n = std::mem::take(&mut self.held_bytes);
+        let _ = host::update_shared_data(body_budget::KEY, 16, |value| {
+            let total = body_budget::decode(value).saturating_sub(n);
+            (Some(total.to_string().into_bytes()), ())
+        });
+    }
+
+    /// Answers from a body or trailers callback.
+    fn answer_now(&mut self, reply: LocalReply) -> Action {
+        match self.plan.clone() {
+            Some(plan) => self.answer(&plan, reply),
+            None => Action::Pause,
+        }
+    }
+
     /// Answers the request from the filter, with the call id and the internal marker.
     fn answer(&mut self, plan: &Plan, reply: LocalReply) -> Action {
+        // A request the gate holds leaves its wait list (and gives back its place and bytes).
+        if self.is_held() {
+            if let Some(gate) = &self.gate {
+                gate.forget(self.context_id);
+            }
+            self.hold = None;
+        }
+        self.release_held_bytes();
         let names = &plan.headers;
         let body = reply.body(plan.function_or_empty(), &self.call_id);
         let headers = reply.headers(&names.call_id, &self.call_id);

@@ -30,6 +30,9 @@ pub struct Plan {
     pub tracing: TracingSection,
     /// The readiness gate's settings; `None` when `readiness.enabled` is false.
     pub readiness: Option<ReadinessSection>,
+    /// Hold the headers of a request whose body must be counted until the body is complete
+    /// (`envoy.allow_on_headers_stop_iteration`).
+    pub hold_unsized_bodies: bool,
     /// Things worth one log line at start-up (not errors).
     pub notices: Vec<String>,
 }
@@ -89,6 +92,7 @@ impl Plan {
             policy,
             tracing: config.tracing,
             readiness: config.readiness.enabled.then(|| config.readiness.clone()),
+            hold_unsized_bodies: config.envoy.allow_on_headers_stop_iteration,
             notices,
         })
     }

@@ -58,7 +58,6 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
 pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, String> {
     let mut files = render_static(config_json)?;
     let config = checked(config_json)?;
-    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
     let image = Image::build(module.wasm, module.version).map_err(|e| e.to_string())?;
     let encoded = base64(module.wasm);
     let configmap = CONFIGMAP
@@ -78,12 +77,22 @@ pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, Strin
         name: "wasm-configmap.yaml",
         contents: configmap,
     });
+    // Istio's WasmPlugin cannot set the PluginConfig's allow_on_headers_stop_iteration: the
+    // filter is told, so it never waits for body callbacks that such a host would not make.
+    let mut plugin_config = config.clone();
+    if let Value::Object(root) = &mut plugin_config {
+        root.insert(
+            "envoy".to_string(),
+            serde_json::json!({ "allow_on_headers_stop_iteration": false }),
+        );
+    }
+    let plugin_pretty = serde_json::to_string_pretty(&plugin_config).map_err(|e| e.to_string())?;
     files.push(File {
         name: "wasmplugin.yaml",
         contents: WASMPLUGIN
             .replace("{{IMAGE}}", module.image)
             .replace("{{SHA256}}", &image.digest)
-            .replace("{{PLUGIN_CONFIG}}", &indent(&pretty, 4)),
+            .replace("{{PLUGIN_CONFIG}}", &indent(&plugin_pretty, 4)),
     });
     Ok(files)
 }

@@ -1,0 +1,255 @@
+//! Request bodies against the limits that guard the function and the sidecar, through a real
+//! Envoy built from the shipped EnvoyFilter (which lets the filter hold headers while it reads a
+//! body):
+//! - `max_body_bytes`: a body whose length is not known up front (chunked HTTP/1.1, HTTP/2 without
+//!   `content-length`, HTTP/2 with trailers) is read to the end before the function sees anything;
+//!   over the limit the function is never called;
+//! - `readiness.max_pending_bytes`: the bodies held while the function is not ready are bounded
+//!   per pod, and what does not fit is answered at once.
+
+use bytes::Bytes;
+use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::free_port;
+use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::stand_in::StandInFunction;
+use hyper::body::{Body, Frame};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+const LIMIT: usize = 1000;
+
+fn policy(mode: &str) -> String {
+    format!(r#"{{"policy": {{"default": {{"mode": "{mode}", "max_body_bytes": {LIMIT}}}}}}}"#)
+}
+
+async fn pod(plugin_config: &str) -> (StandInFunction, Envoy) {
+    let function = StandInFunction::start().await.expect("function");
+    let envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(plugin_config))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    (function, envoy)
+}
+
+/// A body sent as separate data frames with no size known up front (so no `content-length`),
+/// optionally ending in trailers.
+struct Unsized {
+    chunks: Vec<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if !self.chunks.is_empty() {
+            let chunk = self.chunks.remove(0);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Ready(None)
+    }
+}
+
+/// POSTs `len` bytes over HTTP/2 without a length; returns the status, the call id header and
+/// the body.
+async fn h2_unsized(envoy: &Envoy, len: usize, with_trailers: bool) -> (u16, String, Vec<u8>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(envoy.addr())
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2");
+    let driver = tokio::spawn(connection);
+    let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    let trailers = with_trailers.then(|| {
+        let mut t = hyper::HeaderMap::new();
+        t.insert("x-checksum", "abc".parse().expect("value"));
+        t
+    });
+    let request = hyper::Request::post(format!("http://{}/function/env/upload", envoy.addr()))
+        .body(Unsized {
+            chunks: body.chunks(300).map(Bytes::copy_from_slice).collect(),
+            trailers,
+        })
+        .expect("request");
+    let exchange = async {
+        let response = sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let call_id = response
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, call_id, body.to_vec())
+    };
+    let out = tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange)
+        .await
+        .expect("an answer in time");
+    driver.abort();
+    out
+}
+
+fn chunked(len: usize) -> Request {
+    let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    Request::new("POST", "/function/env/upload")
+        .header("Transfer-Encoding", "chunked")
+        .body(body)
+}
+
+fn assert_413(response: &Response, what: &str) {
+    assert_eq!(response.status, 413, "{what}: {}", response.text());
+    assert_eq!(
+        response.header("x-openfaas-internal"),
+        Some("faas-mesh-filter"),
+        "{what}"
+    );
+    let call_id = response.header("x-call-id").expect("call id").to_string();
+    assert_eq!(response.json()["call_id"], call_id.as_str(), "{what}");
+}
+
+/// Over the limit, whatever the framing, the function is never called: it cannot answer before
+/// the body is checked. Within the limit the whole body arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_unknown_length_over_the_limit_never_reaches_the_function() {
+    let (function, envoy) = pod(&policy("enforce")).await;
+    for len in [LIMIT + 1, 3 * LIMIT, 64 * 1024] {
+        let response = envoy.send(&chunked(len)).await.expect("response");
+        assert_413(&response, &format!("chunked {len}"));
+        for trailers in [false, true] {
+            let (status, call_id, body) = h2_unsized(&envoy, len, trailers).await;
+            assert_eq!(status, 413, "h2 {len} trailers={trailers}");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON reply");
+            assert_eq!(body["call_id"], call_id.as_str());
+        }
+    }
+    assert_eq!(
+        function.calls(),
+        0,
+        "the function was called for a body over the limit"
+    );
+
+    for len in [0, 1, LIMIT - 1, LIMIT] {
+        let response = envoy.send(&chunked(len)).await.expect("response");
+        assert_eq!(response.status, 200, "chunked {len}");
+        assert_eq!(response.json()["body"].as_str().map(str::len), Some(len));
+        for trailers in [false, true] {
+            let (status, _, body) = h2_unsized(&envoy, len, trailers).await;
+            assert_eq!(status, 200, "h2 {len} trailers={trailers}");
+            let echo: serde_json::Value = serde_json::from_slice(&body).expect("echo");
+            assert_eq!(echo["body"].as_str().map(str::len), Some(len));
+        }
+    }
+    assert_eq!(function.calls(), 12);
+}
+
+/// In audit mode nothing is held back: the call goes through and the would-be denial is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_audit_mode_an_unsized_body_over_the_limit_passes_and_is_counted() {
+    let (function, envoy) = pod(&policy("audit")).await;
+    let response = envoy.send(&chunked(3 * LIMIT)).await.expect("response");
+    assert_eq!(response.status, 200);
+    assert_eq!(function.calls(), 1);
+    let audited = envoy
+        .wait_for_stat(
+            "wasmcustom.faas_mesh_filter.function.env.policy.reason.body_size.audited",
+            Duration::from_secs(10),
+            |v| v >= 1,
+        )
+        .await;
+    assert_eq!(audited, 1);
+}
+
+/// A pod that is not ready holds at most `max_pending_bytes` of bodies: a body larger than that
+/// is answered 413 at once (by its length, or as it grows), and bodies that would take the pod
+/// over it are answered 503 at once; those that fit are released intact when the function comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_once() {
+    const BUDGET: usize = 64 * 1024;
+    const EACH: usize = 20 * 1024;
+    let port = free_port().expect("port");
+    let config = format!(r#"{{"readiness": {{"max_pending_bytes": {BUDGET}}}}}"#);
+    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(config))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+
+    // Larger than the whole budget: 413 at once, by Content-Length and by counting.
+    let too_large = Request::new("POST", "/function/env/big").body(vec![b'x'; BUDGET + 1]);
+    assert_413(
+        &envoy.send(&too_large).await.expect("response"),
+        "Content-Length over the budget",
+    );
+    assert_413(
+        &envoy.send(&chunked(BUDGET + 1)).await.expect("response"),
+        "chunked over the budget",
+    );
+
+    // Eight bodies of 20 KiB against 64 KiB: three fit, the others are answered 503 while the
+    // function is still down.
+    let addr = envoy.addr();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..8usize {
+        let body = format!("{i:02}").repeat(EACH / 2);
+        let request = if i % 2 == 0 {
+            Request::new("POST", &format!("/function/env/held/{i}")).body(body.clone())
+        } else {
+            chunked(0).body(body.clone())
+        };
+        calls.spawn(async move { (body, http::send(addr, &request).await) });
+    }
+    let mut refused = Vec::new();
+    let held_fits = BUDGET / EACH;
+    while refused.len() < 8 - held_fits {
+        let (_, response) = calls.join_next().await.expect("a call").expect("task");
+        refused.push(response.expect("an answer while the function is down"));
+    }
+    for response in &refused {
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert_eq!(response.header("retry-after"), Some("1"));
+        let call_id = response.header("x-call-id").expect("call id").to_string();
+        let body = response.json();
+        assert_eq!(
+            body["error"],
+            "too many request bytes waiting for the function to become ready"
+        );
+        assert_eq!(body["call_id"], call_id.as_str());
+    }
+    let pending = envoy
+        .wait_for_stat(
+            "wasmcustom.faas_mesh_filter.function.env.readiness.pending",
+            Duration::from_secs(10),
+            |v| v == held_fits as u64,
+        )
+        .await;
+    assert_eq!(pending, held_fits as u64);
+
+    // The function comes up: the held ones arrive whole.
+    let function = StandInFunction::start_on(port).await.expect("function");
+    while let Some(joined) = calls.join_next().await {
+        let (sent, response) = joined.expect("task");
+        let response = response.expect("response");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["body"].as_str(), Some(sent.as_str()));
+    }
+    assert_eq!(function.calls(), held_fits as u64);
+}
