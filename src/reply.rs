@@ -1,8 +1,6 @@
 //! The filter's own replies: status, a small JSON body and the headers every local reply
 //! carries, so a caller can tell them from the function's answers.
 
-use serde_json::json;
-
 /// `X-OpenFaaS-Internal` marks a reply made by the platform, not the function.
 pub const INTERNAL_HEADER: &str = "x-openfaas-internal";
 pub const INTERNAL_VALUE: &str = "faas-mesh-filter";
@@ -27,11 +25,26 @@ impl LocalReply {
         }
     }
 
-    /// The JSON body: `{"error": "...", "function": "...", "call_id": "..."}`.
+    /// The JSON body: `{"error": "...", "function": "...", "call_id": "..."}`. Written by hand:
+    /// a JSON serializer costs the module kilobytes for three strings.
     pub fn body(&self, function: &str, call_id: &str) -> Vec<u8> {
-        json!({ "error": self.error, "function": function, "call_id": call_id })
-            .to_string()
-            .into_bytes()
+        let mut out = Vec::with_capacity(64 + self.error.len() + function.len() + call_id.len());
+        for (i, (key, value)) in [
+            ("error", self.error),
+            ("function", function),
+            ("call_id", call_id),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.extend_from_slice(if i == 0 { b"{\"" } else { b",\"" });
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":\"");
+            json_escape(value, &mut out);
+            out.push(b'"');
+        }
+        out.push(b'}');
+        out
     }
 
     /// The headers of the reply, serialized for the host: content type, the call id under its
@@ -53,6 +66,22 @@ impl LocalReply {
     }
 }
 
+/// Appends `s` as the inside of a JSON string.
+fn json_escape(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &c in s.as_bytes() {
+        match c {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', c]),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX.get(usize::from(c >> 4)).copied().unwrap_or(b'0'));
+                out.push(HEX.get(usize::from(c & 0xf)).copied().unwrap_or(b'0'));
+            }
+            _ => out.push(c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +100,11 @@ mod tests {
         assert_eq!(body["error"], "function not served by this pod");
         assert_eq!(body["function"], "env");
         assert_eq!(body["call_id"], "a\"b");
+        let tricky = "q\"\\\u{1}\n\u{7f}é";
+        let body: serde_json::Value =
+            serde_json::from_slice(&reply.body(tricky, tricky)).expect("valid JSON");
+        assert_eq!(body["function"], tricky);
+        assert_eq!(body["call_id"], tricky);
     }
 
     #[test]
