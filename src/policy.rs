@@ -388,9 +388,11 @@ impl Counters {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut text = format!("{}:{}", self.bucket.milli_tokens, self.bucket.last_ms);
+        use std::fmt::Write;
+        let mut text = String::with_capacity(24 + 40 * self.holders.len());
+        let _ = write!(text, "{}:{}", self.bucket.milli_tokens, self.bucket.last_ms);
         for h in &self.holders {
-            text.push_str(&format!(";{:x}:{}:{}", h.owner, h.held, h.beat_ms));
+            let _ = write!(text, ";{:x}:{}:{}", h.owner, h.held, h.beat_ms);
         }
         text.into_bytes()
     }
