@@ -5,13 +5,55 @@
 use crate::config::PolicyMode;
 use crate::host;
 use crate::metrics;
-use crate::policy::{admit, Admission, Counters, Policy, Reason};
+use crate::policy::{admit, Admission, Counters, Policy, Reason, HEARTBEAT_MS};
 use crate::reply::LocalReply;
 use proxy_wasm::types::MetricType;
+use std::cell::Cell;
 
-/// In-flight count and rate-limit bucket, one record (see [`Counters`]).
-const COUNTERS_KEY: &str = "faas-mesh-filter.policy.counters";
+/// In-flight slots per owner and the rate-limit bucket, one record (see [`Counters`]). Named
+/// anew when slots got owners: a module upgrade does not read the older record's format.
+const COUNTERS_KEY: &str = "faas-mesh-filter.policy.counters.v2";
 const CAS_ROUNDS: usize = 64;
+
+/// This VM as an owner of in-flight slots. Every root context of the VM (the plugin's, and after
+/// a configuration push the next one's, while the old one's requests finish) shares it: it is
+/// the VM, not a configuration, that can die with slots held.
+struct Owner {
+    /// Random, picked when the VM first takes a slot; a VM started after a trap gets a new one.
+    id: Cell<Option<u64>>,
+    /// Slots this VM's requests hold now (its own count; the record agrees unless the entry was
+    /// given back while this VM looked dead).
+    held: Cell<u64>,
+    /// When this VM last wrote its entry (ms).
+    beat_ms: Cell<u64>,
+}
+
+thread_local! {
+    static OWNER: Owner = const {
+        Owner {
+            id: Cell::new(None),
+            held: Cell::new(0),
+            beat_ms: Cell::new(0),
+        }
+    };
+}
+
+/// This VM's owner id: 8 bytes of entropy, or the clock if the host has none (a VM per worker
+/// starts at a different nanosecond).
+fn owner_id() -> u64 {
+    OWNER.with(|o| {
+        if let Some(id) = o.id.get() {
+            return id;
+        }
+        let mut bytes = [0u8; 8];
+        let id = match host::random_bytes(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => host::now_nanos().unwrap_or(1),
+        };
+        o.id.set(Some(id));
+        id
+    })
+}
 
 /// A metric id per reason, in [`Reason::ALL`] order.
 type PerReason = [Option<u32>; 6];
@@ -124,19 +166,26 @@ impl Enforcer {
     }
 
     /// Takes a rate-limit token and an in-flight slot in one compare-and-swap of the pod's
-    /// counters (one shared-data read and write per request).
+    /// counters (one shared-data read and write per request, as before slots had owners), giving
+    /// back on the way the slots of VMs that died holding them.
     pub fn admit(&self, now_ms: u64) -> Admission {
         let limit = self.policy.rate_limit.as_ref();
         let max = self.policy.max_inflight;
         let enforce = self.policy.mode == PolicyMode::Enforce;
+        let owner = if max.is_some() { owner_id() } else { 0 };
         let admitted = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
             let current = Counters::decode(value, limit, now_ms);
-            let (next, admission) = admit(current, limit, max, now_ms, enforce);
+            let (next, admission) = admit(&current, limit, max, now_ms, enforce, owner);
             ((next != current).then(|| next.encode()), admission)
         });
         match admitted {
             Some(admission) => {
+                self.reclaimed(admission.reclaimed);
                 if admission.slot == Some(true) {
+                    OWNER.with(|o| {
+                        o.held.set(o.held.get().saturating_add(1));
+                        o.beat_ms.set(now_ms);
+                    });
                     self.adjust_inflight(1);
                 }
                 admission
@@ -146,21 +195,77 @@ impl Enforcer {
             None => Admission {
                 rate: Ok(()),
                 slot: None,
+                reclaimed: 0,
             },
         }
     }
 
     /// The request that took a slot in [`Enforcer::admit`] ended (every way a stream ends
-    /// reaches `on_done`).
+    /// reaches `on_done`; a VM that trapped reaches none, which is what the owners are for).
     pub fn release_inflight(&self) {
         let limit = self.policy.rate_limit.as_ref();
+        let owner = owner_id();
+        OWNER.with(|o| o.held.set(o.held.get().saturating_sub(1)));
         let released = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
             let current = Counters::decode(value, limit, 0);
-            let next = current.released();
-            (Some(next.encode()), next.inflight < current.inflight)
+            let next = current.released(owner);
+            let released = next.held_by(owner) < current.held_by(owner);
+            (released.then(|| next.encode()), released)
         });
         if released == Some(true) {
             self.adjust_inflight(-1);
+        }
+    }
+
+    /// The tick period this enforcer needs (0: none): with `max_inflight`, a live VM holding
+    /// slots renews its entry every [`HEARTBEAT_MS`].
+    pub fn tick_ms(&self) -> u64 {
+        if self.policy.max_inflight.is_some() {
+            HEARTBEAT_MS
+        } else {
+            0
+        }
+    }
+
+    /// From the root context's tick: while this VM holds slots, renews its entry once per
+    /// [`HEARTBEAT_MS`] (one shared-data read and write), and gives back dead VMs' slots. Costs
+    /// one clock read per tick otherwise.
+    pub fn on_tick(&self) {
+        if self.policy.max_inflight.is_none() {
+            return;
+        }
+        let (held, last) = OWNER.with(|o| (o.held.get(), o.beat_ms.get()));
+        if held == 0 {
+            return;
+        }
+        let now_ms = host::now_nanos().unwrap_or(0) / 1_000_000;
+        if now_ms.saturating_sub(last) < HEARTBEAT_MS / 2 {
+            return;
+        }
+        let limit = self.policy.rate_limit.as_ref();
+        let owner = owner_id();
+        let beat = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+            let current = Counters::decode(value, limit, now_ms);
+            let (next, change, reclaimed) = current.heartbeat(owner, held, now_ms);
+            (Some(next.encode()), (change, reclaimed))
+        });
+        if let Some((change, reclaimed)) = beat {
+            OWNER.with(|o| o.beat_ms.set(now_ms));
+            self.reclaimed(reclaimed);
+            if change != 0 {
+                self.adjust_inflight(change);
+            }
+        }
+    }
+
+    /// Slots of a dead VM were given back: the gauge it moved up comes down again.
+    fn reclaimed(&self, slots: u64) {
+        if slots > 0 {
+            log::warn!(
+                "function {:?}: {slots} in-flight slot(s) of a Wasm VM that stopped (a trap) given back",
+                self.function
+            );
+            self.adjust_inflight(-i64::try_from(slots).unwrap_or(i64::MAX));
         }
     }
 

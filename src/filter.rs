@@ -116,7 +116,10 @@ impl RootContext for Root {
                     host::create_shared_data(body_budget::KEY, b"0");
                 }
                 count(host::define_metric(MetricType::Counter, metrics::CONFIG_LOADED).ok());
-                let tick = self.gate.as_ref().map_or(0, |g| g.tick_ms());
+                // The gate's tick (at most 1 s) also serves the enforcer's heartbeat.
+                let tick = (self.gate.as_ref().map(|g| g.tick_ms()))
+                    .or(self.enforcer.as_ref().map(|e| e.tick_ms()))
+                    .unwrap_or(0);
                 if let Err(e) = host::set_tick_period_ms(u32::try_from(tick).unwrap_or(50)) {
                     log::warn!(
                         "readiness: no timer from the host ({e:?}); held requests wait for probes"
@@ -137,6 +140,9 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(gate) = &self.gate {
             gate.on_tick();
+        }
+        if let Some(enforcer) = &self.enforcer {
+            enforcer.on_tick();
         }
     }
 
@@ -397,6 +403,12 @@ impl HttpContext for Call {
                 return self.answer(&plan, reply);
             }
             self.counting_body = enforcer.policy().counts_body(content_length) && !end_of_stream;
+        }
+        // Test builds only (`--features test-trap`, never the shipped module): a request asking
+        // for it traps the VM here, holding its in-flight slot, as a bug would.
+        #[cfg(feature = "test-trap")]
+        if let Ok(Some(_)) = host::header(MapType::HttpRequestHeaders, "x-faas-mesh-test-trap") {
+            core::arch::wasm32::unreachable();
         }
         if let Some(gate) = self.gate.clone() {
             if !gate.is_ready() {

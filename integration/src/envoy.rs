@@ -50,8 +50,13 @@ pub struct EnvoyOptions {
     /// Worker threads (`--concurrency`).
     pub concurrency: u32,
     /// Let requests through unfiltered when the plugin cannot load (the Wasm filter's
-    /// `failure_policy: FAIL_OPEN`); the shipped manifests keep the default, fail closed.
+    /// `failure_policy: FAIL_OPEN`); the shipped manifests fail closed.
     pub fail_open: bool,
+    /// The Wasm filter's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`) in place of
+    /// the manifest's; `None` keeps the manifest's (`fail_open` wins over both).
+    pub failure_policy: Option<String>,
+    /// The module to load in place of the release build (e.g. [`trap_wasm`]).
+    pub wasm: Option<PathBuf>,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,
     /// Envoy's `normalize_path` (Istio's default `pathNormalization: BASE`); false is Istio's
@@ -77,6 +82,8 @@ impl EnvoyOptions {
             manifest: None,
             fail_open: false,
             normalize_path: true,
+            failure_policy: None,
+            wasm: None,
         }
     }
 
@@ -118,7 +125,7 @@ pub struct Envoy {
     wasm: PathBuf,
     version: u64,
     initial: ConfigOutcome,
-    fail_open: bool,
+    failure_policy: Option<String>,
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the one `make setup` installed under `.venv/`.
@@ -162,6 +169,54 @@ pub fn filter_wasm() -> io::Result<PathBuf> {
     }
 }
 
+/// A test build of the filter with the `test-trap` feature: a request carrying the header
+/// `x-faas-mesh-test-trap` traps the Wasm VM (after the policy took its slot), as a bug would.
+/// Built once per test process into its own target directory (`target/test-trap`), never where
+/// the release module is; `$TRAP_WASM` names a prebuilt one instead.
+pub fn trap_wasm() -> io::Result<PathBuf> {
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    if let Some(path) = std::env::var_os("TRAP_WASM").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut built = BUILT
+        .lock()
+        .map_err(|_| io::Error::other("trap build lock"))?;
+    if let Some(path) = built.as_ref() {
+        return Ok(path.clone());
+    }
+    let root = crate::repo_root();
+    let target_dir = root.join("target/test-trap");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip1",
+        ])
+        .args([
+            "-p",
+            "faas-mesh-filter",
+            "--features",
+            "test-trap",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "building the test-trap module failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let path = target_dir.join("wasm32-wasip1/release/faas_mesh_filter.wasm");
+    *built = Some(path.clone());
+    Ok(path)
+}
+
 fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -175,7 +230,15 @@ impl Envoy {
     /// (see [`Envoy::initial_config`] for the outcome).
     pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
         let binary = envoy_binary()?;
-        let wasm = filter_wasm()?;
+        let wasm = match &options.wasm {
+            Some(path) => path.clone(),
+            None => filter_wasm()?,
+        };
+        let failure_policy = if options.fail_open {
+            Some("FAIL_OPEN".to_string())
+        } else {
+            options.failure_policy.clone()
+        };
         let patches = match &options.manifest {
             Some(path) => Patches::load(path),
             None => Patches::from_repository(),
@@ -195,7 +258,7 @@ impl Envoy {
                 &wasm,
                 &options.plugin_config,
                 1,
-                options.fail_open,
+                failure_policy.as_deref(),
             ),
         )?;
         let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
@@ -244,7 +307,7 @@ impl Envoy {
             wasm,
             version: 1,
             initial: ConfigOutcome::Rejected,
-            fail_open: options.fail_open,
+            failure_policy,
         };
         envoy.admin = envoy.wait_for_admin(&admin_file).await?;
         envoy.listener = envoy.wait_for_listener().await?;
@@ -289,9 +352,9 @@ impl Envoy {
     }
 
     /// Envoy's log once it satisfies `done` (the log is flushed every 20 ms), or as it is after
-    /// five seconds.
+    /// 30 seconds (it returns as soon as `done` holds; the bound is for a loaded machine).
     pub async fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log();
             if done(&log) || Instant::now() > deadline {
@@ -391,7 +454,7 @@ impl Envoy {
                 wasm,
                 plugin_config,
                 self.version,
-                self.fail_open,
+                self.failure_policy.as_deref(),
             ),
         )?;
         self.wait_for_config_outcome(before).await
@@ -530,12 +593,12 @@ fn ecds_document(
     wasm: &Path,
     plugin_config: &str,
     version: u64,
-    fail_open: bool,
+    failure_policy: Option<&str>,
 ) -> Value {
     let mut extension = patches.extension_config.clone();
     let config = &mut extension["typed_config"]["config"];
-    if fail_open {
-        config["failure_policy"] = json!("FAIL_OPEN");
+    if let Some(policy) = failure_policy {
+        config["failure_policy"] = json!(policy);
     }
     config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
     config["configuration"]["value"] = json!(plugin_config);

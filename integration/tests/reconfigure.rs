@@ -7,7 +7,7 @@ use faas_mesh_integration::http::{self, Request};
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The module with a custom section appended: the same code, a different file and hash, as a
 /// new release would be.
@@ -30,6 +30,20 @@ async fn delete_status(envoy: &Envoy) -> u16 {
         .await
         .expect("send")
         .status
+}
+
+/// The status a DELETE gets once every worker has the pushed configuration: Envoy counts a push
+/// accepted before each worker has swapped it in, so the test polls (bounded) instead of
+/// sleeping a fixed time that a loaded machine may overrun.
+async fn settled_delete_status(envoy: &Envoy, want: u16) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = delete_status(envoy).await;
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -64,8 +78,6 @@ async fn pushes_under_load_lose_no_request() {
             statuses
         });
     }
-    let settle = || tokio::time::sleep(Duration::from_millis(300));
-    settle().await;
     assert_eq!(delete_status(&envoy).await, 200, "no policy yet");
 
     // (a) A new valid policy applies.
@@ -74,8 +86,7 @@ async fn pushes_under_load_lose_no_request() {
         envoy.push_config(policy).await.expect("push"),
         ConfigOutcome::Accepted
     );
-    settle().await;
-    assert_eq!(delete_status(&envoy).await, 405);
+    assert_eq!(settled_delete_status(&envoy, 405).await, 405);
 
     // (b) An invalid one is refused, named, and the valid one keeps serving.
     let invalid = r#"{"policy": {"default": {"methods": "GET"}}}"#;
@@ -87,7 +98,6 @@ async fn pushes_under_load_lose_no_request() {
         "invalid configuration: policy.default.methods: expected a list of strings, got \"GET\"";
     let log = envoy.log_when(|log| log.contains(message)).await;
     assert!(log.contains(message), "{log}");
-    settle().await;
     assert_eq!(delete_status(&envoy).await, 405);
 
     // (c) A new module version takes over.
@@ -99,8 +109,7 @@ async fn pushes_under_load_lose_no_request() {
         envoy.push(policy, &next).await.expect("push"),
         ConfigOutcome::Accepted
     );
-    settle().await;
-    assert_eq!(delete_status(&envoy).await, 405);
+    assert_eq!(settled_delete_status(&envoy, 405).await, 405);
 
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
