@@ -3,12 +3,13 @@
 //! behind (stats per function and reason, audit log lines).
 
 use crate::config::PolicyMode;
-use crate::host;
+use crate::host::Host;
 use crate::metrics;
 use crate::policy::{admit, Admission, Counters, Policy, Reason, HEARTBEAT_MS};
 use crate::reply::LocalReply;
 use proxy_wasm::types::MetricType;
 use std::cell::Cell;
+use std::rc::Rc;
 
 /// In-flight slots per owner and the rate-limit bucket, one record (see [`Counters`]). Named
 /// anew when slots got owners: a module upgrade does not read the older record's format.
@@ -18,7 +19,7 @@ const CAS_ROUNDS: usize = 64;
 /// This VM as an owner of in-flight slots. Every root context of the VM (the plugin's, and after
 /// a configuration push the next one's, while the old one's requests finish) shares it: it is
 /// the VM, not a configuration, that can die with slots held.
-struct Owner {
+pub struct Owner {
     /// Random, picked when the VM first takes a slot; a VM started after a trap gets a new one.
     id: Cell<Option<u64>>,
     /// Slots this VM's requests hold now (its own count; the record agrees unless the entry was
@@ -28,37 +29,40 @@ struct Owner {
     beat_ms: Cell<u64>,
 }
 
-thread_local! {
-    static OWNER: Owner = const {
+impl Owner {
+    pub fn new() -> Owner {
         Owner {
             id: Cell::new(None),
             held: Cell::new(0),
             beat_ms: Cell::new(0),
         }
-    };
+    }
 }
 
-/// This VM's owner id: 8 bytes of entropy, or the clock if the host has none (a VM per worker
-/// starts at a different nanosecond).
-fn owner_id() -> u64 {
-    OWNER.with(|o| {
-        if let Some(id) = o.id.get() {
-            return id;
-        }
-        let mut bytes = [0u8; 8];
-        let id = match host::random_bytes(&mut bytes) {
-            Ok(()) => u64::from_le_bytes(bytes),
-            Err(_) => host::now_nanos().unwrap_or(1),
-        };
-        o.id.set(Some(id));
-        id
-    })
+impl Default for Owner {
+    fn default() -> Self {
+        Owner::new()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static VM_OWNER: Rc<Owner> = Rc::new(Owner::new());
+}
+
+/// The owner of this VM's slots (one VM per thread in Envoy), shared by its root contexts.
+#[cfg(target_arch = "wasm32")]
+pub fn vm_owner() -> Rc<Owner> {
+    VM_OWNER.with(Rc::clone)
 }
 
 /// A metric id per reason, in [`Reason::ALL`] order.
 type PerReason = [Option<u32>; 6];
 
-pub struct Enforcer {
+/// The policy of one worker's VM, on host `H`.
+pub struct Enforcer<H: Host> {
+    host: H,
+    owner: Rc<Owner>,
     policy: Policy,
     function: String,
     allowed: Option<u32>,
@@ -71,12 +75,12 @@ fn index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
-impl Enforcer {
+impl<H: Host> Enforcer<H> {
     /// Defines the stats (see [`crate::metrics`]): `….policy.allowed`, per reason the policy
     /// can deny for `….policy.reason.<r>.denied` (enforce) and `….audited` (audit), and the
     /// `….policy.inflight` gauge.
-    pub fn new(policy: &Policy, function: &str) -> Enforcer {
-        let counter = |n: String| host::define_metric(MetricType::Counter, &n).ok();
+    pub fn new(host: H, owner: Rc<Owner>, policy: &Policy, function: &str) -> Enforcer<H> {
+        let counter = |n: String| host.define_metric(MetricType::Counter, &n).ok();
         let mut denied = PerReason::default();
         let mut audited = PerReason::default();
         for reason in policy.reasons() {
@@ -88,24 +92,27 @@ impl Enforcer {
                 *a = counter(metrics::policy_reason(function, reason.tag(), "audited"));
             }
         }
-        let now_ms = host::now_nanos().unwrap_or(0) / 1_000_000;
-        host::create_shared_data(
+        let now_ms = host.now_ms();
+        host.create_shared_data(
             COUNTERS_KEY,
             &Counters::decode(None, policy.rate_limit.as_ref(), now_ms).encode(),
         );
+        let inflight = policy.max_inflight.and_then(|_| {
+            host.define_metric(
+                MetricType::Gauge,
+                &metrics::name(function, "policy.inflight"),
+            )
+            .ok()
+        });
         Enforcer {
+            owner,
             policy: policy.clone(),
             function: function.to_string(),
             allowed: counter(metrics::name(function, "policy.allowed")),
             denied,
             audited,
-            inflight: policy.max_inflight.and_then(|_| {
-                host::define_metric(
-                    MetricType::Gauge,
-                    &metrics::name(function, "policy.inflight"),
-                )
-                .ok()
-            }),
+            inflight,
+            host,
         }
     }
 
@@ -115,13 +122,17 @@ impl Enforcer {
 
     /// The connection's mTLS state and peer SPIFFE ID (never a request header). A URI SAN on
     /// the peer certificate proves mTLS, so `connection.mtls` is read only when there is none.
-    pub fn peer() -> (bool, Option<Vec<u8>>) {
-        let peer = host::property(b"connection\0uri_san_peer_certificate")
+    pub fn peer(&self) -> (bool, Option<Vec<u8>>) {
+        let peer = self
+            .host
+            .property(b"connection\0uri_san_peer_certificate")
             .ok()
             .flatten()
             .filter(|p| !p.is_empty());
         let mtls = peer.is_some()
-            || host::property(b"connection\0mtls")
+            || self
+                .host
+                .property(b"connection\0mtls")
                 .ok()
                 .flatten()
                 .is_some_and(|v| v.first() == Some(&1));
@@ -131,7 +142,7 @@ impl Enforcer {
     /// A request passed every check.
     pub fn count_allowed(&self) {
         if let Some(id) = self.allowed {
-            let _ = host::increment_metric(id, 1);
+            let _ = self.host.increment_metric(id, 1);
         }
     }
 
@@ -141,7 +152,7 @@ impl Enforcer {
         match self.policy.mode {
             PolicyMode::Enforce => {
                 if let Some(Some(id)) = self.denied.get(index(reason)) {
-                    let _ = host::increment_metric(*id, 1);
+                    let _ = self.host.increment_metric(*id, 1);
                 }
                 log::warn!(
                     "call {call_id} for function {:?}: denied ({})",
@@ -152,7 +163,7 @@ impl Enforcer {
             }
             PolicyMode::Audit => {
                 if let Some(Some(id)) = self.audited.get(index(reason)) {
-                    let _ = host::increment_metric(*id, 1);
+                    let _ = self.host.increment_metric(*id, 1);
                 }
                 log::warn!(
                     "audit: call {call_id} for function {:?} would be denied ({}); let through",
@@ -172,20 +183,21 @@ impl Enforcer {
         let limit = self.policy.rate_limit.as_ref();
         let max = self.policy.max_inflight;
         let enforce = self.policy.mode == PolicyMode::Enforce;
-        let owner = if max.is_some() { owner_id() } else { 0 };
-        let admitted = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
-            let current = Counters::decode(value, limit, now_ms);
-            let (next, admission) = admit(&current, limit, max, now_ms, enforce, owner);
-            ((next != current).then(|| next.encode()), admission)
-        });
+        let owner = if max.is_some() { self.owner_id() } else { 0 };
+        let admitted = self
+            .host
+            .update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+                let current = Counters::decode(value, limit, now_ms);
+                let (next, admission) = admit(&current, limit, max, now_ms, enforce, owner);
+                ((next != current).then(|| next.encode()), admission)
+            });
         match admitted {
             Some(admission) => {
                 self.reclaimed(admission.reclaimed);
                 if admission.slot == Some(true) {
-                    OWNER.with(|o| {
-                        o.held.set(o.held.get().saturating_add(1));
-                        o.beat_ms.set(now_ms);
-                    });
+                    let o = &self.owner;
+                    o.held.set(o.held.get().saturating_add(1));
+                    o.beat_ms.set(now_ms);
                     self.adjust_inflight(1);
                 }
                 admission
@@ -204,14 +216,17 @@ impl Enforcer {
     /// reaches `on_done`; a VM that trapped reaches none, which is what the owners are for).
     pub fn release_inflight(&self) {
         let limit = self.policy.rate_limit.as_ref();
-        let owner = owner_id();
-        OWNER.with(|o| o.held.set(o.held.get().saturating_sub(1)));
-        let released = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
-            let current = Counters::decode(value, limit, 0);
-            let next = current.released(owner);
-            let released = next.held_by(owner) < current.held_by(owner);
-            (released.then(|| next.encode()), released)
-        });
+        let owner = self.owner_id();
+        let o = &self.owner;
+        o.held.set(o.held.get().saturating_sub(1));
+        let released = self
+            .host
+            .update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+                let current = Counters::decode(value, limit, 0);
+                let next = current.released(owner);
+                let released = next.held_by(owner) < current.held_by(owner);
+                (released.then(|| next.encode()), released)
+            });
         if released == Some(true) {
             self.adjust_inflight(-1);
         }
@@ -234,28 +249,45 @@ impl Enforcer {
         if self.policy.max_inflight.is_none() {
             return;
         }
-        let (held, last) = OWNER.with(|o| (o.held.get(), o.beat_ms.get()));
+        let (held, last) = (self.owner.held.get(), self.owner.beat_ms.get());
         if held == 0 {
             return;
         }
-        let now_ms = host::now_nanos().unwrap_or(0) / 1_000_000;
+        let now_ms = self.host.now_ms();
         if now_ms.saturating_sub(last) < HEARTBEAT_MS / 2 {
             return;
         }
         let limit = self.policy.rate_limit.as_ref();
-        let owner = owner_id();
-        let beat = host::update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
-            let current = Counters::decode(value, limit, now_ms);
-            let (next, change, reclaimed) = current.heartbeat(owner, held, now_ms);
-            (Some(next.encode()), (change, reclaimed))
-        });
+        let owner = self.owner_id();
+        let beat = self
+            .host
+            .update_shared_data(COUNTERS_KEY, CAS_ROUNDS, |value| {
+                let current = Counters::decode(value, limit, now_ms);
+                let (next, change, reclaimed) = current.heartbeat(owner, held, now_ms);
+                (Some(next.encode()), (change, reclaimed))
+            });
         if let Some((change, reclaimed)) = beat {
-            OWNER.with(|o| o.beat_ms.set(now_ms));
+            self.owner.beat_ms.set(now_ms);
             self.reclaimed(reclaimed);
             if change != 0 {
                 self.adjust_inflight(change);
             }
         }
+    }
+
+    /// This VM's owner id: 8 bytes of entropy, or the clock if the host has none (a VM per
+    /// worker starts at a different nanosecond).
+    fn owner_id(&self) -> u64 {
+        if let Some(id) = self.owner.id.get() {
+            return id;
+        }
+        let mut bytes = [0u8; 8];
+        let id = match self.host.random_bytes(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => self.host.now_nanos().unwrap_or(1),
+        };
+        self.owner.id.set(Some(id));
+        id
     }
 
     /// Slots of a dead VM were given back: the gauge it moved up comes down again.
@@ -273,7 +305,149 @@ impl Enforcer {
     /// setting it to a value read before another worker's write could leave it stale).
     fn adjust_inflight(&self, delta: i64) {
         if let Some(id) = self.inflight {
-            let _ = host::increment_metric(id, delta);
+            let _ = self.host.increment_metric(id, delta);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::host::fake::{Fake, Pod};
+    use crate::policy::OWNER_EXPIRY_MS;
+
+    fn policy(json: &str) -> Policy {
+        let config = Config::parse(json.as_bytes()).unwrap();
+        Policy::compile(&config.policy.default)
+    }
+
+    fn enforcer(pod: &Pod, p: &Policy) -> (Fake, Enforcer<Fake>) {
+        let vm = pod.worker();
+        let e = Enforcer::new(vm.clone(), Rc::new(Owner::new()), p, "env");
+        (vm, e)
+    }
+
+    const METRIC: &str = "faas_mesh_filter.function.env.";
+
+    #[test]
+    fn in_flight_slots_hold_across_two_workers_and_come_back() {
+        let pod = Pod::new();
+        let p = policy(r#"{"policy":{"default":{"max_inflight":2}}}"#);
+        let (_, a) = enforcer(&pod, &p);
+        let (_, b) = enforcer(&pod, &p);
+        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true));
+        assert_eq!(b.admit(pod_ms(&pod)).slot, Some(true));
+        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(false), "third in the pod");
+        assert_eq!(b.admit(pod_ms(&pod)).slot, Some(false));
+        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 2);
+        b.release_inflight();
+        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true), "b's slot is free");
+        a.release_inflight();
+        a.release_inflight();
+        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 0);
+    }
+
+    #[test]
+    fn slots_survive_contention_on_the_record() {
+        let pod = Pod::new();
+        let p = policy(r#"{"policy":{"default":{"max_inflight":3}}}"#);
+        let (_, a) = enforcer(&pod, &p);
+        let (_, b) = enforcer(&pod, &p);
+        for _ in 0..3 {
+            pod.conflict_next_writes(5);
+            assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true));
+        }
+        assert_eq!(
+            b.admit(pod_ms(&pod)).slot,
+            Some(false),
+            "no update was lost"
+        );
+    }
+
+    #[test]
+    fn a_dead_vms_slots_return_after_the_expiry_and_a_live_ones_do_not() {
+        let pod = Pod::new();
+        let p = policy(r#"{"policy":{"default":{"max_inflight":2}}}"#);
+        let (_, dead) = enforcer(&pod, &p);
+        let (_, live) = enforcer(&pod, &p);
+        assert_eq!(dead.admit(pod_ms(&pod)).slot, Some(true));
+        assert_eq!(live.admit(pod_ms(&pod)).slot, Some(true));
+        drop(dead); // trapped: never releases, never beats again
+        assert_eq!(
+            live.admit(pod_ms(&pod)).slot,
+            Some(false),
+            "full while both count"
+        );
+        // The live VM keeps its slot alive with its heartbeat; the dead one expires (the
+        // heartbeat or the next admission gives it back).
+        for _ in 0..(OWNER_EXPIRY_MS / HEARTBEAT_MS + 1) {
+            pod.advance_ms(HEARTBEAT_MS);
+            live.on_tick();
+        }
+        assert_eq!(
+            live.admit(pod_ms(&pod)).slot,
+            Some(true),
+            "the dead VM's slot came back"
+        );
+        assert_eq!(
+            live.admit(pod_ms(&pod)).slot,
+            Some(false),
+            "the live ones stay"
+        );
+        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 2);
+    }
+
+    #[test]
+    fn each_mode_answers_counts_and_logs_as_documented() {
+        let pod = Pod::new();
+        let rules = r#""methods":["GET"],"max_inflight":1"#;
+        for (mode, answers) in [("enforce", true), ("audit", false), ("off", false)] {
+            let p = policy(&format!(
+                r#"{{"policy":{{"default":{{"mode":"{mode}",{rules}}}}}}}"#
+            ));
+            let (_, e) = enforcer(&pod, &p);
+            let reply = e.deny(Reason::Method, "id-1", 0);
+            assert_eq!(reply.is_some(), answers, "{mode}");
+            if let Some(reply) = reply {
+                assert_eq!(reply.status, 405);
+            }
+        }
+        assert_eq!(
+            pod.metric(&format!("{METRIC}policy.reason.method.denied")),
+            1
+        );
+        assert_eq!(
+            pod.metric(&format!("{METRIC}policy.reason.method.audited")),
+            1
+        );
+        // Audit never refuses a slot: the request goes on and the would-be denial is counted.
+        let p = policy(r#"{"policy":{"default":{"mode":"audit","max_inflight":1}}}"#);
+        let (_, e) = enforcer(&pod, &p);
+        assert_ne!(e.admit(pod_ms(&pod)).slot, Some(false));
+    }
+
+    #[test]
+    fn identity_comes_from_the_connection_only() {
+        let pod = Pod::new();
+        let p = policy(r#"{"policy":{"default":{"principals":["spiffe://a/*"]}}}"#);
+        let (vm, e) = enforcer(&pod, &p);
+        assert_eq!(e.peer(), (false, None));
+        vm.set_property(b"connection\0mtls", &[1]);
+        assert_eq!(e.peer(), (true, None));
+        vm.set_property(b"connection\0uri_san_peer_certificate", b"spiffe://a/b");
+        vm.clear_calls();
+        let (mtls, peer) = e.peer();
+        assert!(mtls);
+        assert_eq!(p.check_peer(mtls, peer.as_deref()), Ok(()));
+        assert_eq!(
+            vm.calls().len(),
+            1,
+            "a URI SAN proves mTLS: one property read"
+        );
+    }
+
+    fn pod_ms(pod: &Pod) -> u64 {
+        pod.worker().now_ms()
     }
 }

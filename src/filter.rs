@@ -11,9 +11,9 @@
 use crate::body_budget;
 use crate::call_id;
 use crate::config::{Config, Keep, PolicyMode};
-use crate::enforcement::Enforcer;
+use crate::enforcement::{self, Enforcer};
 use crate::header_map;
-use crate::host::{self, HostLogger};
+use crate::host::{self, Abi, HostLogger};
 use crate::metrics;
 use crate::plan::{Plan, PodInfo};
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
@@ -42,7 +42,7 @@ struct Root {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate>>,
     /// Present when the local function's policy has rules and is not `off`.
-    enforcer: Option<Rc<Enforcer>>,
+    enforcer: Option<Rc<Enforcer<Abi>>>,
     counters: Counters,
 }
 
@@ -107,10 +107,14 @@ impl RootContext for Root {
                         &plan.headers.call_id,
                     )
                 });
-                self.enforcer = plan
-                    .policy
-                    .is_active()
-                    .then(|| Rc::new(Enforcer::new(&plan.policy, plan.function_or_empty())));
+                self.enforcer = plan.policy.is_active().then(|| {
+                    Rc::new(Enforcer::new(
+                        Abi,
+                        enforcement::vm_owner(),
+                        &plan.policy,
+                        plan.function_or_empty(),
+                    ))
+                });
                 self.counters = Counters::define(plan.function_or_empty());
                 if plan.readiness.is_some() {
                     host::create_shared_data(body_budget::KEY, b"0");
@@ -200,7 +204,7 @@ fn pod_info(label: &str) -> PodInfo {
 struct Call {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate>>,
-    enforcer: Option<Rc<Enforcer>>,
+    enforcer: Option<Rc<Enforcer<Abi>>>,
     counters: Counters,
     context_id: u32,
     call_id: String,
@@ -611,7 +615,7 @@ impl Call {
     /// enforce mode. In audit mode denials are counted and logged and the request goes on.
     fn enforce(
         &mut self,
-        enforcer: &Enforcer,
+        enforcer: &Enforcer<Abi>,
         method_check: Result<(), Reason>,
         length_check: Result<(), Reason>,
     ) -> Option<LocalReply> {
@@ -623,7 +627,7 @@ impl Call {
             enforcer.deny(reason, &self.call_id, retry_after)
         };
         if policy.needs_peer() {
-            let (mtls, peer) = Enforcer::peer();
+            let (mtls, peer) = enforcer.peer();
             if let Some(reply) = outcome(policy.check_peer(mtls, peer.as_deref()), 0) {
                 return Some(reply);
             }

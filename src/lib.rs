@@ -38,11 +38,9 @@ pub mod strict_json;
 pub mod timing;
 pub mod trace;
 
-#[cfg(target_arch = "wasm32")]
-mod enforcement;
+pub mod enforcement;
 #[cfg(target_arch = "wasm32")]
 mod filter;
-#[cfg(target_arch = "wasm32")]
-mod host;
+pub mod host;
 #[cfg(target_arch = "wasm32")]
 mod readiness;

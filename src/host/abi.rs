@@ -1,16 +1,16 @@
-//! The host calls the filter makes, declared against the proxy-wasm ABI (0.2.1) directly.
+//! The host calls the filter makes, declared against the proxy-wasm ABI (0.2.1) directly: the
+//! real [`Host`] ([`Abi`]), and the calls only the request callbacks make (header maps, the
+//! plugin configuration, the log).
 //!
 //! The SDK's own wrappers panic on any status they did not expect and decode header values as
 //! UTF-8 with `unwrap`, so a header carrying a byte above 0x7F would trap the VM. These return
-//! `Result`, hand back bytes, and read a header map in one call. This is the only module (with
-//! `filter`) that touches the host; it is compiled for wasm32 only.
+//! `Result`, hand back bytes, and read a header map in one call. Compiled for wasm32 only.
 
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
 
-/// A non-OK status from the host (the raw ABI value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError(pub u32);
+use super::Host;
+pub use super::HostError;
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
@@ -276,38 +276,6 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, HostEr
     }
 }
 
-/// Updates a shared-data record by compare-and-swap: `change` sees the current value and
-/// returns what to write (`None`: leave it) and what to report; on a conflicting write by another
-/// worker it runs again with the new value, up to `rounds` times. `None` when the host failed or
-/// the rounds ran out (nothing was written by this call then).
-pub fn update_shared_data<T>(
-    key: &str,
-    rounds: usize,
-    mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
-) -> Option<T> {
-    for _ in 0..rounds {
-        let (value, cas) = shared_data(key).ok()?;
-        let (next, outcome) = change(value.as_deref());
-        let Some(next) = next else {
-            return Some(outcome);
-        };
-        if set_shared_data(key, &next, cas).ok()? {
-            return Some(outcome);
-        }
-    }
-    None
-}
-
-/// Creates a shared-data record with `initial` unless it exists. Envoy has no atomic
-/// create-if-absent (a write with CAS 0 is unconditional, so two workers that both read "absent"
-/// would both write and one update could be lost): records are created here, at configure time,
-/// before any request counts in them, and every later write is a compare-and-swap.
-pub fn create_shared_data(key: &str, initial: &[u8]) {
-    if let Ok((None, _)) = shared_data(key) {
-        let _ = set_shared_data(key, initial, 0);
-    }
-}
-
 /// Calls the root context's `on_tick` every `period_ms` (0 stops it).
 pub fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
     // SAFETY: no pointers.
@@ -419,4 +387,65 @@ impl log::Log for HostLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// The proxy-wasm host Envoy provides (a unit type: every call goes straight to the ABI).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Abi;
+
+impl Host for Abi {
+    fn now_nanos(&self) -> Result<u64, HostError> {
+        now_nanos()
+    }
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        random_bytes(buf)
+    }
+    fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        property(path)
+    }
+    fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        header(map, name)
+    }
+    fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+        set_shared_data(key, value, cas)
+    }
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostError> {
+        define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, by: i64) -> Result<(), HostError> {
+        increment_metric(id, by)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        record_metric(id, value)
+    }
+    fn set_tick_period_ms(&self, period_ms: u32) -> Result<(), HostError> {
+        set_tick_period_ms(period_ms)
+    }
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        set_effective_context(context_id)
+    }
+    fn resume_request(&self) -> Result<(), HostError> {
+        resume_request()
+    }
+    fn send_local_response(
+        &self,
+        status_code: u32,
+        details: &str,
+        body: &[u8],
+        headers: &[u8],
+    ) -> Result<(), HostError> {
+        send_local_response(status_code, details, body, headers)
+    }
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Result<u32, HostError> {
+        dispatch_get(cluster, authority, path, timeout_ms)
+    }
 }

@@ -1,0 +1,121 @@
+//! The host, behind one interface: [`Host`] is what the adapters (the gate on a worker, the
+//! policy on a worker) ask of Envoy. It has two implementations: [`abi::Abi`], the proxy-wasm ABI
+//! (wasm32 only), and [`fake::Fake`], an in-memory host for native tests (shared data with
+//! compare-and-swap shared between "workers", a clock, metrics, dispatched calls, local replies
+//! and a log of calls).
+//!
+//! The adapters are generic over `Host`, so the wasm module has one instantiation and calls the
+//! ABI directly: no indirection on the request path.
+
+use proxy_wasm::types::{MapType, MetricType};
+
+#[cfg(target_arch = "wasm32")]
+pub mod abi;
+#[cfg(target_arch = "wasm32")]
+pub use abi::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake;
+
+/// A non-OK status from the host (the raw ABI value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+/// What the adapters ask of the host. Every call returns a `Result`: nothing here panics.
+pub trait Host {
+    /// Nanoseconds since the Unix epoch, from the host's clock.
+    fn now_nanos(&self) -> Result<u64, HostError>;
+    /// Fills `buf` from the host's entropy source.
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError>;
+    /// A property as raw bytes (`None` when the host has none); path segments joined by NUL.
+    fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError>;
+    /// One header of a header map (`None` when absent).
+    fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError>;
+    /// A shared-data record (process-wide) and its compare-and-swap token.
+    fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError>;
+    /// Writes a record if nobody wrote it since `cas` was read (`cas` 0: always).
+    /// `Ok(false)`: somebody did; read it again.
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError>;
+    /// Defines (or finds: the same name on every worker is one stat) a metric.
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostError>;
+    fn increment_metric(&self, id: u32, by: i64) -> Result<(), HostError>;
+    /// Sets a gauge or records a histogram value.
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
+    /// Calls the root context's `on_tick` every `period_ms` (0 stops it).
+    fn set_tick_period_ms(&self, period_ms: u32) -> Result<(), HostError>;
+    /// Makes a request's context the target of the following stream calls.
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;
+    /// Continues a request paused in its headers (on the effective context).
+    fn resume_request(&self) -> Result<(), HostError>;
+    /// Answers the effective request from the filter; `headers` is a serialized header map.
+    fn send_local_response(
+        &self,
+        status_code: u32,
+        details: &str,
+        body: &[u8],
+        headers: &[u8],
+    ) -> Result<(), HostError>;
+    /// Sends `GET path` to an Envoy cluster; the answer arrives with the returned token.
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Result<u32, HostError>;
+
+    /// Milliseconds since the Unix epoch (0 if the host has no clock): the one clock the adapters
+    /// use.
+    fn now_ms(&self) -> u64 {
+        self.now_nanos().unwrap_or(0) / 1_000_000
+    }
+
+    /// Updates a shared-data record by compare-and-swap: `change` sees the current value and
+    /// returns what to write (`None`: leave it) and what to report; on a conflicting write by
+    /// another worker it runs again with the new value, up to `rounds` times. `None` when the host
+    /// failed or the rounds ran out (nothing was written by this call then).
+    fn update_shared_data<T>(
+        &self,
+        key: &str,
+        rounds: usize,
+        mut change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    ) -> Option<T> {
+        for _ in 0..rounds {
+            let (value, cas) = self.shared_data(key).ok()?;
+            let (next, outcome) = change(value.as_deref());
+            let Some(next) = next else {
+                return Some(outcome);
+            };
+            if self.set_shared_data(key, &next, cas).ok()? {
+                return Some(outcome);
+            }
+        }
+        None
+    }
+
+    /// Creates a shared-data record with `initial` unless it exists. Envoy has no atomic
+    /// create-if-absent (a write with CAS 0 is unconditional, so two workers that both read
+    /// "absent" would both write and one update could be lost): records are created at configure
+    /// time, before any request counts in them, and every later write is a compare-and-swap.
+    fn create_shared_data(&self, key: &str, initial: &[u8]) {
+        if let Ok((None, _)) = self.shared_data(key) {
+            let _ = self.set_shared_data(key, initial, 0);
+        }
+    }
+}
+
+/// [`Host::update_shared_data`] on the real host (for the request callbacks).
+#[cfg(target_arch = "wasm32")]
+pub fn update_shared_data<T>(
+    key: &str,
+    rounds: usize,
+    change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+) -> Option<T> {
+    Abi.update_shared_data(key, rounds, change)
+}
+
+/// [`Host::create_shared_data`] on the real host.
+#[cfg(target_arch = "wasm32")]
+pub fn create_shared_data(key: &str, initial: &[u8]) {
+    Abi.create_shared_data(key, initial);
+}
