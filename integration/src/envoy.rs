@@ -54,6 +54,9 @@ pub struct EnvoyOptions {
     pub fail_open: bool,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,
+    /// The module file the sidecar loads, as the ConfigMap puts it at the manifest's filename
+    /// (default: [`filter_wasm`]).
+    pub module: Option<PathBuf>,
     /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
     /// the peer's identity is its certificate's SPIFFE URI SAN).
     pub tls: Option<crate::tls::ServerTls>,
@@ -72,6 +75,7 @@ impl EnvoyOptions {
             concurrency: 2,
             tls: None,
             manifest: None,
+            module: None,
             fail_open: false,
         }
     }
@@ -171,7 +175,10 @@ impl Envoy {
     /// (see [`Envoy::initial_config`] for the outcome).
     pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
         let binary = envoy_binary()?;
-        let wasm = filter_wasm()?;
+        let wasm = match &options.module {
+            Some(path) => path.clone(),
+            None => filter_wasm()?,
+        };
         let patches = match &options.manifest {
             Some(path) => Patches::load(path),
             None => Patches::from_repository(),
