@@ -282,7 +282,7 @@ async fn the_bundles_manifests_run_as_they_are_and_its_checker_speaks_for_the_si
         &[good_path.to_str().expect("path"), "--function", "env"],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("  methods       GET\n"), "{out}");
+    assert!(out.contains("  methods         GET\n"), "{out}");
     assert_eq!(
         envoy.push_config(good).await.expect("push"),
         ConfigOutcome::Accepted

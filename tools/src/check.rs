@@ -113,10 +113,10 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
     } else {
         "pod label"
     };
-    let _ = writeln!(out, "function        {local} (from the {source})");
+    let _ = writeln!(out, "function          {local} (from the {source})");
     let _ = writeln!(
         out,
-        "policy          {}",
+        "policy            {}",
         match entry {
             Some(_) => format!("policy.default overridden by policy.functions.{local}"),
             None => "policy.default (no entry of its own)".to_string(),
@@ -125,7 +125,7 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
     write_policy(&mut out, &rules, plan.policy.mode);
     let _ = writeln!(
         out,
-        "rewrite         {}{local}/<rest> -> /<rest>; another function's name: {}",
+        "rewrite           {}{local}/<rest> -> /<rest>; another function's name: {}",
         config.rewrite.prefix,
         match config.rewrite.other_function {
             faas_mesh_filter::config::OtherFunction::Reject => "404",
@@ -134,7 +134,7 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "headers         call id {}, start time {}, duration {}; caller's call id {}",
+        "headers           call id {}, start time {}, duration {}; caller's call id {}",
         plan.headers.call_id,
         plan.headers.start_time,
         plan.headers.duration,
@@ -150,7 +150,7 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
         (false, true) => "B3",
         (false, false) => "off (trace headers pass untouched)",
     };
-    let _ = writeln!(out, "tracing         {tracing}");
+    let _ = writeln!(out, "tracing           {tracing}");
     let readiness =
         match &plan.readiness {
             None => "off".to_string(),
@@ -160,9 +160,9 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
             r.path, r.cluster, r.retry_interval_ms, r.probe_timeout_ms, r.max_wait_ms, r.max_pending
         ),
         };
-    let _ = writeln!(out, "readiness       {readiness}");
+    let _ = writeln!(out, "readiness         {readiness}");
     for notice in &plan.notices {
-        let _ = writeln!(out, "note            {notice}");
+        let _ = writeln!(out, "note              {notice}");
     }
     out
 }
@@ -178,13 +178,17 @@ fn write_policy(out: &mut String, rules: &PolicyRules, mode: PolicyMode) {
         None => none.to_string(),
     };
     let limit = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| n.to_string());
-    let _ = writeln!(out, "  mode          {mode}");
-    let _ = writeln!(out, "  methods       {}", list(&rules.methods, "any"));
-    let _ = writeln!(out, "  principals    {}", list(&rules.principals, "anyone"));
+    let _ = writeln!(out, "  mode            {mode}");
+    let _ = writeln!(out, "  methods         {}", list(&rules.methods, "any"));
+    let _ = writeln!(
+        out,
+        "  principals      {}",
+        list(&rules.principals, "anyone")
+    );
     let mtls = rules.require_mtls.unwrap_or(false) || rules.principals.is_some();
-    let _ = writeln!(out, "  require_mtls  {}", if mtls { "yes" } else { "no" });
-    let _ = writeln!(out, "  max_body_bytes {}", limit(rules.max_body_bytes));
-    let _ = writeln!(out, "  max_inflight  {}", limit(rules.max_inflight));
+    let _ = writeln!(out, "  require_mtls    {}", if mtls { "yes" } else { "no" });
+    let _ = writeln!(out, "  max_body_bytes  {}", limit(rules.max_body_bytes));
+    let _ = writeln!(out, "  max_inflight    {}", limit(rules.max_inflight));
     let rate = match &rules.rate_limit {
         Some(r) => format!(
             "{} requests/s, burst {} (per pod)",
@@ -192,7 +196,7 @@ fn write_policy(out: &mut String, rules: &PolicyRules, mode: PolicyMode) {
         ),
         None => "none".to_string(),
     };
-    let _ = writeln!(out, "  rate_limit    {rate}");
+    let _ = writeln!(out, "  rate_limit      {rate}");
 }
 
 #[cfg(test)]
@@ -237,7 +241,7 @@ mod tests {
             let found = configuration_of(name, &file.contents).unwrap();
             let (config, plan) = compile(&found, Some("env"), None).unwrap();
             let rules = effective_rules(&config, &plan);
-            assert!(rules.contains("  methods       GET\n"), "{name}: {rules}");
+            assert!(rules.contains("  methods         GET\n"), "{name}: {rules}");
         }
         assert!(configuration_of("stack.yml", "kind: ConfigMap\n").is_err());
         assert_eq!(configuration_of("c.json", "{}").unwrap(), "{}");
@@ -249,10 +253,10 @@ mod tests {
             "functions": {"env": {"methods": ["POST"], "rate_limit": {"requests_per_second": 2}}}}}"#;
         let (parsed, plan) = compile(config, Some("env"), Some("openfaas-fn")).unwrap();
         let env = effective_rules(&parsed, &plan);
-        assert!(env.contains("  methods       POST\n"), "{env}");
-        assert!(env.contains("  max_body_bytes 1024\n"), "{env}");
+        assert!(env.contains("  methods         POST\n"), "{env}");
+        assert!(env.contains("  max_body_bytes  1024\n"), "{env}");
         assert!(
-            env.contains("  rate_limit    2 requests/s, burst 2"),
+            env.contains("  rate_limit      2 requests/s, burst 2"),
             "{env}"
         );
         let (parsed, plan) = compile(config, Some("figlet"), None).unwrap();
@@ -261,8 +265,8 @@ mod tests {
             figlet.contains("policy.default (no entry of its own)"),
             "{figlet}"
         );
-        assert!(figlet.contains("  methods       GET\n"), "{figlet}");
-        assert!(figlet.contains("  rate_limit    none\n"), "{figlet}");
+        assert!(figlet.contains("  methods         GET\n"), "{figlet}");
+        assert!(figlet.contains("  rate_limit      none\n"), "{figlet}");
         assert_eq!(
             summary(&parsed),
             "valid: policy.functions has entries for env; every other function gets policy.default"
