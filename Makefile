@@ -50,6 +50,8 @@ CARGO_FUZZ_VERSION := 0.13.1
 RELEASE_OUT       ?= target/release-bundle
 RELEASE_DIR        = $(RELEASE_OUT)/faas-mesh-filter-$(VERSION)
 CHECKER_TARGETS   := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+# The release's toolchain is pinned, so a rebuild anywhere, later, gives the same bytes.
+RELEASE_TOOLCHAIN ?= 1.95.0
 # Archive times come from the commit, not the clock; passed on so a copy without .git agrees.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 GIT_COMMIT        ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -121,17 +123,20 @@ lint: wasm-target ## formatting and clippy (native and wasm32); needs only Rust
 check: lint test fuzz-smoke bench-smoke validate workflow-lint release-repro ## what CI runs: lint, test, fuzz and bench smoke runs, manifest and workflow checks, a reproducible release
 	node validate/validate.mjs $(RELEASE_DIR)/manifests/*.yaml
 
-release-setup: wasm-target
-	@rustup target list --installed | grep -qx x86_64-unknown-linux-musl && \
-	  rustup target list --installed | grep -qx aarch64-unknown-linux-musl || \
-	  rustup target add $(CHECKER_TARGETS)
+release-setup:
+	@rustup run $(RELEASE_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
+	  rustup toolchain install $(RELEASE_TOOLCHAIN) --profile minimal --no-self-update
+	@installed=$$(rustup target list --installed --toolchain $(RELEASE_TOOLCHAIN)); \
+	  for t in $(TARGET) $(CHECKER_TARGETS); do \
+	    echo "$$installed" | grep -qx $$t || rustup target add --toolchain $(RELEASE_TOOLCHAIN) $$t; \
+	  done
 
 release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, manifests, checker (x86_64, arm64), SHA256SUMS
-	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" \
+	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
 	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release.sh
 
 release-repro: release ## build the release again in a fresh copy elsewhere; fail unless every byte is the same
-	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" \
+	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
 	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release-repro.sh
 
 publish: ## push the bundle's OCI image to IMAGE:VERSION (after `make release`; PUBLISH_FLAGS: more skopeo flags)

@@ -4,7 +4,8 @@
 # crates cache) and compares with the bundle `make release` just built here. Any byte that differs
 # fails, with the files that differ.
 #
-# Called by `make release-repro` with VERSION, IMAGE, CONFIG, OUT, SOURCE_DATE_EPOCH, GIT_COMMIT.
+# Called by `make release-repro` with VERSION, IMAGE, CONFIG, OUT, TOOLCHAIN, SOURCE_DATE_EPOCH,
+# GIT_COMMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${VERSION:?}" "${OUT:?}"

@@ -18,7 +18,8 @@
 # checkout is and whenever it is built (paths remapped, archives with fixed times, owners, modes
 # and order, gzip without a timestamp). `make release-repro` builds it twice and compares.
 #
-# Called by `make release` with VERSION, IMAGE, CONFIG, OUT, SOURCE_DATE_EPOCH, GIT_COMMIT.
+# Called by `make release` with VERSION, IMAGE, CONFIG, OUT, TOOLCHAIN (the pinned Rust toolchain,
+# with the wasm32-wasip1 and musl targets), SOURCE_DATE_EPOCH, GIT_COMMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,9 @@ CONFIG=${CONFIG:-envoyfilter/config.json}
 OUT=${OUT:-target/release-bundle}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
 GIT_COMMIT=${GIT_COMMIT:-unknown}
+TOOLCHAIN=${TOOLCHAIN:?TOOLCHAIN (the pinned Rust toolchain) is required}
+cargo() { command cargo "+$TOOLCHAIN" "$@"; }
+rustc() { command rustc "+$TOOLCHAIN" "$@"; }
 if ! [[ $VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]]; then
   echo "release: VERSION must look like 1.2.3 or 1.2.3-rc.1, got '$VERSION'" >&2
   exit 2
@@ -79,7 +83,7 @@ source date (SOURCE_DATE_EPOCH): $SOURCE_DATE_EPOCH
 configuration of the manifests: $(basename "$CONFIG") (manifests/config.json)
 toolchain: $(rustc -V)
 targets: wasm32-wasip1 (module), x86_64-unknown-linux-musl and aarch64-unknown-linux-musl (checker)
-rebuild: git checkout $GIT_COMMIT && make release VERSION=$VERSION IMAGE=$IMAGE SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH
+rebuild: git checkout $GIT_COMMIT && make release VERSION=$VERSION IMAGE=$IMAGE SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH RELEASE_TOOLCHAIN=$TOOLCHAIN
 EOF
 
 # Modes do not depend on the umask of the machine that built it.
