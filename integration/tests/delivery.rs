@@ -387,6 +387,10 @@ fn the_bundles_image_published_by_make_publish_round_trips_through_a_real_regist
     let image = format!("127.0.0.1:{port}/openfaas/faas-mesh-filter");
     let release_out = bundle.parent().expect("parent");
     run(Command::new("make")
+        // Not a sub-make of the `make integration` that may have started this test.
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
         .arg("--no-print-directory")
         .arg("-C")
         .arg(repo_root())
