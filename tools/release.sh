@@ -54,8 +54,16 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=$lld
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$lld
 
 cargo build --quiet --locked --release --target wasm32-wasip1 -p faas-mesh-filter
-cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-check \
-  --target x86_64-unknown-linux-musl --target aarch64-unknown-linux-musl
+# The filter crate is also a cdylib, which static musl targets cannot build; only its rlib is
+# needed here, so cargo's warning about dropping the cdylib is filtered out, nothing else.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-check \
+  --target x86_64-unknown-linux-musl --target aarch64-unknown-linux-musl 2> "$log"; then
+  cat "$log" >&2
+  exit 1
+fi
+grep -v -e 'dropping unsupported crate type `cdylib`' -e '^$' "$log" >&2 || true
 cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-render --bin faas-mesh-oci
 
 name=faas-mesh-filter-$VERSION
