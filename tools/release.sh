@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds the release bundle: one folder an operator applies as it is.
+#
+#   target/release-bundle/faas-mesh-filter-<version>/
+#     faas_mesh_filter.wasm                    the module
+#     oci/                                     its OCI image layout (what `skopeo copy oci:...` pushes)
+#     faas-mesh-filter-<version>-oci.tar.gz    the same layout as one archive
+#     manifests/                               envoyfilter.yaml + wasm-configmap.yaml, wasmplugin.yaml
+#                                              (pinned by digest), observability.yaml, stack.yml,
+#                                              and config.json, the configuration they carry
+#     bin/faas-mesh-check-linux-amd64          the static configuration checker (musl, static)
+#     bin/faas-mesh-check-linux-arm64
+#     BUILD-INFO                               what it was built from, and with
+#     SHA256SUMS                               over every other file
+#   target/release-bundle/faas-mesh-filter-<version>.tar.gz (+ .sha256): the folder as one archive
+#
+# Reproducible: the same sources, Cargo.lock and toolchain give the same bytes, wherever the
+# checkout is and whenever it is built (paths remapped, archives with fixed times, owners, modes
+# and order, gzip without a timestamp). `make release-repro` builds it twice and compares.
+#
+# Called by `make release` with VERSION, IMAGE, CONFIG, OUT, TOOLCHAIN (the pinned Rust toolchain,
+# with the wasm32-wasip1 and musl targets), SOURCE_DATE_EPOCH, GIT_COMMIT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${VERSION:?VERSION=x.y.z is required}"
+: "${IMAGE:?IMAGE (registry/repository, no tag) is required}"
+CONFIG=${CONFIG:-envoyfilter/config.json}
+OUT=${OUT:-target/release-bundle}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
+GIT_COMMIT=${GIT_COMMIT:-unknown}
+TOOLCHAIN=${TOOLCHAIN:?TOOLCHAIN (the pinned Rust toolchain) is required}
+cargo() { command cargo "+$TOOLCHAIN" "$@"; }
+rustc() { command rustc "+$TOOLCHAIN" "$@"; }
+if ! [[ $VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]]; then
+  echo "release: VERSION must look like 1.2.3 or 1.2.3-rc.1, got '$VERSION'" >&2
+  exit 2
+fi
+
+root=$(pwd -P)
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+# The release builds in a target directory of its own: its flags differ from `make build`, and
+# sharing one would rebuild everything each time the two alternate.
+export CARGO_TARGET_DIR=$root/target/release-build
+# No absolute path of this machine ends up in a binary (panic locations, debug strings).
+export RUSTFLAGS="--remap-path-prefix=$root=/build --remap-path-prefix=$cargo_home=/cargo"
+export SOURCE_DATE_EPOCH CARGO_INCREMENTAL=0
+# The checker reports the release's version.
+export FAAS_MESH_VERSION=$VERSION
+# Static musl binaries for both architectures, linked by the toolchain's own lld: no C
+# cross-toolchain to install.
+lld=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/rust-lld
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=$lld
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$lld
+
+cargo build --quiet --locked --release --target wasm32-wasip1 -p faas-mesh-filter
+# The filter crate is also a cdylib, which static musl targets cannot build; only its rlib is
+# needed here, so cargo's warning about dropping the cdylib is filtered out, nothing else.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-check \
+  --target x86_64-unknown-linux-musl --target aarch64-unknown-linux-musl 2> "$log"; then
+  cat "$log" >&2
+  exit 1
+fi
+grep -v -e 'dropping unsupported crate type `cdylib`' -e '^$' "$log" >&2 || true
+cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-render --bin faas-mesh-oci
+
+name=faas-mesh-filter-$VERSION
+dir=$OUT/$name
+rm -rf "$dir" "$OUT/$name.tar.gz" "$OUT/$name.tar.gz.sha256"
+mkdir -p "$dir/bin" "$dir/manifests"
+
+cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/faas_mesh_filter.wasm" "$dir/"
+"$CARGO_TARGET_DIR/release/faas-mesh-oci" --wasm "$dir/faas_mesh_filter.wasm" --tag "$VERSION" \
+  --out "$dir/oci" >/dev/null
+"$CARGO_TARGET_DIR/release/faas-mesh-render" --config "$CONFIG" --wasm "$dir/faas_mesh_filter.wasm" \
+  --image "$IMAGE:$VERSION" --version "$VERSION" --out "$dir/manifests" >/dev/null
+cp "$CONFIG" "$dir/manifests/config.json"
+cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/faas-mesh-check" "$dir/bin/faas-mesh-check-linux-amd64"
+cp "$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/faas-mesh-check" "$dir/bin/faas-mesh-check-linux-arm64"
+
+digest=$(sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' "$dir/oci/index.json")
+cat > "$dir/BUILD-INFO" <<EOF
+name: faas-mesh-filter
+version: $VERSION
+image: $IMAGE:$VERSION
+image digest: $digest
+source commit: $GIT_COMMIT
+source date (SOURCE_DATE_EPOCH): $SOURCE_DATE_EPOCH
+configuration of the manifests: $(basename "$CONFIG") (manifests/config.json)
+toolchain: $(rustc -V)
+targets: wasm32-wasip1 (module), x86_64-unknown-linux-musl and aarch64-unknown-linux-musl (checker)
+rebuild: git checkout $GIT_COMMIT && make release VERSION=$VERSION IMAGE=$IMAGE SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH RELEASE_TOOLCHAIN=$TOOLCHAIN
+EOF
+
+# Modes do not depend on the umask of the machine that built it.
+find "$dir" -type d -exec chmod 0755 {} +
+find "$dir" -type f -exec chmod 0644 {} +
+chmod 0755 "$dir"/bin/*
+
+# A tar that depends on nothing but the files: sorted names, fixed time, owner and modes.
+deterministic_tar() { # <directory> <output.tar.gz> <entries...>
+  local from=$1 output=$2
+  shift 2
+  tar --sort=name --format=gnu --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+    --mode='u+rw,go+r,go-w' -C "$from" -cf - "$@" | gzip -9 -n > "$output"
+}
+deterministic_tar "$dir/oci" "$dir/$name-oci.tar.gz" oci-layout index.json blobs
+
+(cd "$dir" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
+chmod 0644 "$dir/SHA256SUMS"
+
+deterministic_tar "$OUT" "$OUT/$name.tar.gz" "$name"
+(cd "$OUT" && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
+
+echo "release $VERSION: $dir ($(wc -l < "$dir/SHA256SUMS") files), image digest $digest"
+echo "  $OUT/$name.tar.gz sha256 $(cut -d' ' -f1 "$OUT/$name.tar.gz.sha256")"
