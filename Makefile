@@ -43,12 +43,25 @@ FUZZ_SECONDS  ?= 300
 CARGO_FUZZ_VERSION := 0.13.1
 
 .PHONY: fuzz fuzz-smoke fuzz-setup
+
+# The real OpenFaaS runtime for the integration tests (integration/tests/openfaas*.rs): of-watchdog
+# and the gateway, built from the source archives beside the repository (CI clones the project
+# next to shared/) with Debian's Go, vendored dependencies only, into target/openfaas/ (ignored).
+THIRDPARTY   ?= $(CURDIR)/../shared/thirdparty
+OPENFAAS_DIR := target/openfaas
+OF_WATCHDOG  := $(OPENFAAS_DIR)/of-watchdog
+OF_GATEWAY   := $(OPENFAAS_DIR)/of-gateway
+GO_BUILD      = GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 go build -o
+export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
+export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
+
+.PHONY: openfaas go
 .PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed validate/node_modules/.installed ## install the wasm target, the pinned Envoy, the validators and the OCI tools
+setup: $(VENV)/.installed validate/node_modules/.installed openfaas ## install the wasm target, the pinned Envoy, the validators, the OCI tools, of-watchdog and the gateway
 	rustup target add $(TARGET)
 	@# skopeo and a registry for the OCI round trip (Debian packages).
 	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
@@ -71,6 +84,26 @@ $(VENV)/.installed:
 	  test -x "$$bin" || { echo "envoy binary not found under $(VENV)" >&2; exit 1; }; \
 	  "$$bin" --version
 	touch $@
+
+go:
+	@if ! command -v go >/dev/null; then \
+	  echo "installing golang-go (apt)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq golang-go >/dev/null; \
+	fi
+	@go version
+
+openfaas: $(OF_WATCHDOG) $(OF_GATEWAY) ## build the real of-watchdog and OpenFaaS gateway (Debian golang-go, no download) into target/openfaas/
+
+$(OF_WATCHDOG): $(THIRDPARTY)/of-watchdog-5d4cadc.tar.gz | go
+	rm -rf $(OPENFAAS_DIR)/src/of-watchdog && mkdir -p $(OPENFAAS_DIR)/src/of-watchdog
+	tar -xzf $< -C $(OPENFAAS_DIR)/src/of-watchdog
+	cd $(OPENFAAS_DIR)/src/of-watchdog && $(GO_BUILD) $(CURDIR)/$@ .
+
+$(OF_GATEWAY): $(THIRDPARTY)/faas-b1ef4b49.tar.gz | go
+	rm -rf $(OPENFAAS_DIR)/src/faas && mkdir -p $(OPENFAAS_DIR)/src/faas
+	tar -xzf $< -C $(OPENFAAS_DIR)/src/faas
+	cd $(OPENFAAS_DIR)/src/faas/gateway && $(GO_BUILD) $(CURDIR)/$@ .
 
 build: ## build the filter module (release .wasm)
 	cargo build --release --target $(TARGET) -p faas-mesh-filter
