@@ -68,6 +68,41 @@ pub fn probe_says_ready(status: Option<u16>) -> bool {
     matches!(status, Some(200..=299) | Some(429))
 }
 
+/// The probe path that may be missing, and what to probe instead: of-watchdog's `/_/ready` (which
+/// follows the function's own `ready_path`) is the default; a server without it (a custom
+/// container that serves only `/_/health`) answers 404, 405 or 501, and the gate then probes
+/// `/_/health`, which both watchdogs serve.
+pub const READY_PATH: &str = "/_/ready";
+pub const HEALTH_PATH: &str = "/_/health";
+
+/// Whether a probe answer means "this server has no such path" (fall back to [`HEALTH_PATH`]).
+pub fn path_missing(status: Option<u16>) -> bool {
+    matches!(status, Some(404) | Some(405) | Some(501))
+}
+
+/// The path to fall back to when `path` is missing on the function's server, if any.
+pub fn fallback_path(path: &str) -> Option<&'static str> {
+    (path == READY_PATH).then_some(HEALTH_PATH)
+}
+
+/// Whether a response from the function (not from the filter or Envoy) says it may be gone: any
+/// 5xx. The gate does not trust it either way; it sends one probe and re-arms if that fails.
+pub fn worth_a_probe(status: &[u8]) -> bool {
+    status.len() == 3 && status.first() == Some(&b'5')
+}
+
+/// Time between probes while requests are held somewhere in the pod: half the retry interval (50 ms,
+/// 20 probes a second, with the default 100 ms), so a held call waits at most that long after the
+/// function can answer. With nothing held, probes go out every `retry_interval_ms`.
+pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
+    (retry_interval_ms / 2).max(1)
+}
+
+/// How often a worker that holds requests (or must verify a suspicious 5xx) wakes up: to send the
+/// probe as soon as the lease allows and to learn promptly that another worker found the function
+/// ready. Each tick is one shared-data read.
+pub const HOLDING_TICK_MS: u64 = 5;
+
 /// Envoy's response flags (`response.flags`) that mean the function's process is gone:
 /// UpstreamConnectionFailure (UF, 0x20) and UpstreamConnectionTermination (UC, 0x40).
 pub const UPSTREAM_GONE_FLAGS: u64 = 0x20 | 0x40;
@@ -221,6 +256,40 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w.take_all().len(), 1);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn ready_path_falls_back_to_health_only_when_missing() {
+        assert_eq!(fallback_path("/_/ready"), Some("/_/health"));
+        assert_eq!(fallback_path("/_/health"), None);
+        assert_eq!(fallback_path("/healthz"), None);
+        for missing in [404, 405, 501] {
+            assert!(path_missing(Some(missing)));
+        }
+        // of-watchdog's /_/ready: 503 before the lock file, 500 while the function's own server
+        // refuses (ready_path): not ready, but the path exists.
+        for present in [200, 429, 500, 503] {
+            assert!(!path_missing(Some(present)));
+        }
+        assert!(!path_missing(None));
+    }
+
+    #[test]
+    fn only_5xx_answers_are_worth_a_probe() {
+        for status in [&b"500"[..], b"502", b"503", b"504"] {
+            assert!(worth_a_probe(status));
+        }
+        for status in [&b"200"[..], b"404", b"429", b"5", b"5000", b""] {
+            assert!(!worth_a_probe(status));
+        }
+    }
+
+    #[test]
+    fn held_requests_probe_at_most_twenty_times_a_second_by_default() {
+        assert_eq!(holding_interval_ms(100), 50);
+        assert_eq!(1000 / holding_interval_ms(100), 20);
+        assert_eq!(holding_interval_ms(1), 1);
+        assert!(HOLDING_TICK_MS < holding_interval_ms(100));
     }
 
     #[test]

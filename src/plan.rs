@@ -28,6 +28,9 @@ pub struct Plan {
     pub tracing: TracingSection,
     /// The readiness gate's settings; `None` when `readiness.enabled` is false.
     pub readiness: Option<ReadinessSection>,
+    /// The OpenFaaS gateway's SPIFFE identity (`rewrite.gateway_principal`): its requests are
+    /// not rewritten again and keep its start time.
+    pub gateway_principal: Option<String>,
     /// Things worth one log line at start-up (not errors).
     pub notices: Vec<String>,
 }
@@ -78,6 +81,7 @@ impl Plan {
             policy,
             tracing: config.tracing,
             readiness: config.readiness.enabled.then(|| config.readiness.clone()),
+            gateway_principal: config.rewrite.gateway_principal.clone(),
             notices,
         })
     }
