@@ -254,6 +254,7 @@ impl HttpContext for Call {
         let mut incoming_id: &[u8] = b"";
         let mut start_times = 0u32;
         let mut last_start_time: &[u8] = b"";
+        let mut gateway_probe = false;
         let enforcer = self.enforcer.clone();
         let mut method: &[u8] = b"";
         let mut content_length = None;
@@ -269,6 +270,8 @@ impl HttpContext for Call {
             } else if name == names.start_time.as_bytes() {
                 start_times += 1;
                 last_start_time = value;
+            } else if name == b"user-agent" {
+                gateway_probe = value == crate::gate::GATEWAY_PROBE_AGENT;
             } else if tracing && trace_header(&mut trace_in, name, value) {
                 // recorded
             } else if enforcer.is_some() {
@@ -399,7 +402,7 @@ impl HttpContext for Call {
         }
         if let Some(gate) = self.gate.clone() {
             if !gate.is_ready() {
-                match gate.admit(self.context_id, &self.call_id) {
+                match gate.admit(self.context_id, &self.call_id, gateway_probe) {
                     Admission::Go => {}
                     Admission::Held(state) => {
                         self.hold = Some(state);

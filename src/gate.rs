@@ -103,6 +103,18 @@ pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
 /// ready. Each tick is one shared-data read.
 pub const HOLDING_TICK_MS: u64 = 5;
 
+/// The OpenFaaS gateway's own probe (`probe_functions`) says who it is in its `User-Agent`; it
+/// tries 10 times, 50 ms apart, with no timeout of its own. The gate holds each try for a tenth of
+/// `max_wait_ms`, so a function that never starts costs the gateway's caller about `max_wait_ms`
+/// in all (not ten times that), and a function that starts meanwhile answers the try held then.
+pub const GATEWAY_PROBE_AGENT: &[u8] = b"com.openfaas.gateway/probe";
+pub const GATEWAY_PROBE_TRIES: u64 = 10;
+
+/// How long one try of the gateway's probe is held.
+pub fn gateway_probe_wait_ms(max_wait_ms: u64) -> u64 {
+    (max_wait_ms / GATEWAY_PROBE_TRIES).max(1)
+}
+
 /// Envoy's response flags (`response.flags`) that mean the function's process is gone:
 /// UpstreamConnectionFailure (UF, 0x20) and UpstreamConnectionTermination (UC, 0x40).
 pub const UPSTREAM_GONE_FLAGS: u64 = 0x20 | 0x40;
@@ -133,6 +145,8 @@ pub fn retry_after_seconds(retry_interval_ms: u64) -> u64 {
 pub struct Held<T> {
     pub context_id: u32,
     pub since_ms: u64,
+    /// How long it may be held (`max_wait_ms`, less for the gateway's probe).
+    pub wait_ms: u64,
     pub payload: T,
 }
 
@@ -151,10 +165,11 @@ impl<T> Default for Waiting<T> {
 }
 
 impl<T> Waiting<T> {
-    pub fn hold(&mut self, context_id: u32, now_ms: u64, payload: T) {
+    pub fn hold(&mut self, context_id: u32, now_ms: u64, wait_ms: u64, payload: T) {
         self.held.push_back(Held {
             context_id,
             since_ms: now_ms,
+            wait_ms,
             payload,
         });
     }
@@ -165,18 +180,18 @@ impl<T> Waiting<T> {
         self.held.remove(index)
     }
 
-    /// Takes every request held for `max_wait_ms` or longer.
-    pub fn expired(&mut self, now_ms: u64, max_wait_ms: u64) -> Vec<Held<T>> {
+    /// Takes every request held for its `wait_ms` or longer, oldest first.
+    pub fn expired(&mut self, now_ms: u64) -> Vec<Held<T>> {
         let mut out = Vec::new();
-        // Oldest first, so the expired ones are a prefix.
-        while let Some(first) = self.held.front() {
-            if now_ms.saturating_sub(first.since_ms) < max_wait_ms {
-                break;
-            }
-            if let Some(h) = self.held.pop_front() {
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for h in self.held.drain(..) {
+            if now_ms.saturating_sub(h.since_ms) >= h.wait_ms {
                 out.push(h);
+            } else {
+                kept.push_back(h);
             }
         }
+        self.held = kept;
         out
     }
 
@@ -243,15 +258,19 @@ mod tests {
     #[test]
     fn waiting_expires_the_oldest_and_forgets_the_gone() {
         let mut w = Waiting::default();
-        w.hold(1, 100, "a");
-        w.hold(2, 150, "b");
-        w.hold(3, 400, "c");
+        w.hold(1, 100, 1000, "a");
+        w.hold(2, 150, 1000, "b");
+        w.hold(3, 400, 1000, "c");
+        // The gateway's probe: held a tenth as long, expires before older requests.
+        w.hold(4, 500, gateway_probe_wait_ms(1000), "probe");
         assert_eq!(
             w.remove(2).map(|h| (h.since_ms, h.payload)),
             Some((150, "b"))
         );
         assert_eq!(w.remove(2), None);
-        let expired: Vec<u32> = w.expired(1100, 1000).iter().map(|h| h.context_id).collect();
+        let expired: Vec<u32> = w.expired(600).iter().map(|h| h.context_id).collect();
+        assert_eq!(expired, vec![4]);
+        let expired: Vec<u32> = w.expired(1100).iter().map(|h| h.context_id).collect();
         assert_eq!(expired, vec![1]);
         assert_eq!(w.len(), 1);
         assert_eq!(w.take_all().len(), 1);

@@ -213,7 +213,9 @@ impl Gate {
     }
 
     /// A request arrived while this worker believed the function not ready.
-    pub fn admit(&self, context_id: u32, call_id: &str) -> Admission {
+    /// `gateway_probe`: the request is the OpenFaaS gateway's own probe (held for a tenth of
+    /// `max_wait_ms`, see [`gate::GATEWAY_PROBE_AGENT`]).
+    pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Admission {
         self.adopt(self.read_state());
         if self.is_ready() {
             return Admission::Go;
@@ -228,9 +230,15 @@ impl Gate {
             return Admission::QueueFull;
         }
         let state = Rc::new(Cell::new(HoldState::Held));
+        let max_wait = self.settings.max_wait_ms;
         self.waiting.borrow_mut().hold(
             context_id,
             now_ms(),
+            if gateway_probe {
+                gate::gateway_probe_wait_ms(max_wait)
+            } else {
+                max_wait
+            },
             HeldCall {
                 call_id: call_id.to_string(),
                 state: state.clone(),
@@ -307,10 +315,7 @@ impl Gate {
             self.retick();
             return;
         }
-        let expired = self
-            .waiting
-            .borrow_mut()
-            .expired(now, self.settings.max_wait_ms);
+        let expired = self.waiting.borrow_mut().expired(now);
         if !expired.is_empty() {
             for held in &expired {
                 self.answer_not_ready(held, now);

@@ -87,9 +87,9 @@ struct Stage {
     _pki: Pki,
 }
 
-async fn stage(replicas: u64, options: GatewayOptions) -> Stage {
+async fn stage(plugin_config: &str, replicas: u64, options: GatewayOptions) -> Stage {
     let pki = Pki::new().expect("pki");
-    let pod = pod("{}", Some(&pki)).await;
+    let pod = pod(plugin_config, Some(&pki)).await;
     let g = Netns::create("g").expect("namespace");
     let p = Netns::create("p").expect("namespace");
     link(&g, GATEWAY_IP, &p, POD_IP).expect("veth");
@@ -142,7 +142,7 @@ fn echo_of(response: &Response) -> serde_json::Value {
 /// answers, then served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gateway() {
-    let mut stage = stage(0, GatewayOptions::default()).await;
+    let mut stage = stage("{}", 0, GatewayOptions::default()).await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..20 {
         let gateway = stage.gateway.clone();
@@ -202,7 +202,7 @@ async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gatew
 /// pod's watchdog starts a second after the gateway scaled it; every call is held and served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_mode_is_held_and_served_from_zero_behind_the_gateway() {
-    let mut stage = stage(0, GatewayOptions::default()).await;
+    let mut stage = stage("{}", 0, GatewayOptions::default()).await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..10 {
         let gateway = stage.gateway.clone();
@@ -244,7 +244,7 @@ async fn streaming_mode_is_held_and_served_from_zero_behind_the_gateway() {
 /// direct call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_gateway_no_second_rewrite_and_one_start_time() {
-    let stage = stage(1, GatewayOptions::default()).await;
+    let stage = stage("{}", 1, GatewayOptions::default()).await;
     let _watchdog = http_watchdog(&stage.pod.w);
     let function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
     let gateway = &stage.gateway;
@@ -608,4 +608,125 @@ async fn a_function_that_never_comes_up_costs_at_most_20_probes_a_second() {
         "the pod stopped probing ({sent} in {seconds:.2} s)"
     );
     calls.abort_all();
+}
+
+fn probing_gateway() -> GatewayOptions {
+    GatewayOptions {
+        probe_functions: true,
+        ..GatewayOptions::default()
+    }
+}
+
+/// The gateway's own `probe_functions` with the gate: each of its probe tries is held (for a
+/// tenth of `max_wait_ms`), so a function that starts two seconds after scale-up is found by the
+/// try being held then, and every call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_probe_is_held_and_every_call_served_from_zero() {
+    let mut stage = stage("{}", 0, probing_gateway()).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let gateway = stage.gateway.clone();
+        calls.spawn(async move {
+            let response = gateway
+                .send(&Request::get(&format!("/function/{FUNCTION}/p/{i}")))
+                .await;
+            (i, response)
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(30), stage.scale_ups.recv())
+        .await
+        .expect("scaled up")
+        .expect("scale-up");
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let _watchdog = http_watchdog(&stage.pod.w);
+    let _function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
+    while let Some(done) = calls.join_next().await {
+        let (i, response) = done.expect("task");
+        let response = response.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(echo_of(&response)["path"], format!("/p/{i}"));
+    }
+    eprintln!(
+        "probe_functions with the gate: 10 of 10 calls served, the last {:?} after scale-up",
+        started.elapsed()
+    );
+    assert!(
+        stat(&stage.pod.envoy, "held").await >= 1,
+        "the gateway's probe was held"
+    );
+}
+
+/// A function that never starts, behind the gateway's `probe_functions`: its ten tries are held
+/// a tenth of `max_wait_ms` each, so the caller hears back after about `max_wait_ms`, not ten
+/// times that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_probe_of_a_function_that_never_starts_costs_about_max_wait() {
+    let stage = stage(
+        r#"{"readiness": {"max_wait_ms": 3000}}"#,
+        1,
+        probing_gateway(),
+    )
+    .await;
+    let started = Instant::now();
+    let response = stage
+        .gateway
+        .send(&Request::get(&format!("/function/{FUNCTION}/never")))
+        .await
+        .expect("a response");
+    let waited = started.elapsed();
+    eprintln!(
+        "probe_functions, function never starts, max_wait_ms 3000: the gateway answered {} after {waited:?} ({})",
+        response.status,
+        response.text().trim()
+    );
+    assert!(response.status >= 500, "{}", response.text());
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(15),
+        "answered after {waited:?} (ten tries of 300 ms each, not ten of 3 s)"
+    );
+    assert!(stat(&stage.pod.envoy, "timed_out").await >= 9);
+}
+
+/// Without the gate, the gateway's `probe_functions` alone: its ten tries 50 ms apart give up
+/// well within the two seconds a function here takes to start (so the pod is not even started),
+/// and every call fails: the budget the README states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_probe_alone_gives_up_before_a_two_second_start() {
+    let mut stage = stage(r#"{"readiness": {"enabled": false}}"#, 0, probing_gateway()).await;
+    let mut calls = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..10 {
+        let gateway = stage.gateway.clone();
+        calls.spawn(async move {
+            let response = gateway
+                .send(&Request::get(&format!("/function/{FUNCTION}/p/{i}")))
+                .await;
+            (response, Instant::now())
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(30), stage.scale_ups.recv())
+        .await
+        .expect("scaled up")
+        .expect("scale-up");
+    let scaled = Instant::now();
+    let mut failed = 0;
+    let mut slowest = Duration::ZERO;
+    while let Some(done) = calls.join_next().await {
+        let (response, at) = done.expect("task");
+        let response = response.expect("a response");
+        if response.status != 200 {
+            failed += 1;
+        }
+        slowest = slowest.max(at.saturating_duration_since(scaled));
+    }
+    eprintln!(
+        "probe_functions without the gate: {failed} of 10 calls failed, all answered within \
+         {slowest:?} of scale-up ({:?} after the calls were sent)",
+        started.elapsed()
+    );
+    assert_eq!(failed, 10);
+    assert!(
+        slowest < Duration::from_secs(10),
+        "gave up after {slowest:?}"
+    );
 }
