@@ -55,7 +55,7 @@ GO_BUILD      = GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 go build -o
 export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
 export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
-.PHONY: openfaas go
+.PHONY: openfaas go cold-start
 .PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
 
 help: ## list the targets
@@ -86,10 +86,10 @@ $(VENV)/.installed:
 	touch $@
 
 go:
-	@if ! command -v go >/dev/null; then \
-	  echo "installing golang-go (apt)"; \
+	@if ! command -v go >/dev/null || ! command -v ip >/dev/null; then \
+	  echo "installing golang-go and iproute2 (apt)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq golang-go >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq golang-go iproute2 >/dev/null; \
 	fi
 	@go version
 
@@ -118,6 +118,11 @@ unit: ## unit tests of the pure modules (native, no Envoy)
 
 integration: setup build ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" cargo test -p faas-mesh-integration
+
+COLD_START_ROUNDS ?= 10
+cold-start: setup build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
+	ENVOY_BIN="$(ENVOY_BIN)" COLD_START_ROUNDS=$(COLD_START_ROUNDS) COLD_START_OUT=$(CURDIR)/bench/results/cold-start.json \
+	  cargo test -p faas-mesh-integration --test openfaas -- held_calls_are_released_soon_after_the_function_answers --nocapture
 
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture
