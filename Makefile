@@ -47,7 +47,8 @@ CARGO_FUZZ_VERSION := 0.13.1
 # The real OpenFaaS runtime for the integration tests (integration/tests/openfaas*.rs): of-watchdog
 # and the gateway, built from the source archives beside the repository (CI clones the project
 # next to shared/) with Debian's Go, vendored dependencies only, into target/openfaas/ (ignored).
-THIRDPARTY   ?= $(CURDIR)/../shared/thirdparty
+# (A worktree one level further down finds them one level further up.)
+THIRDPARTY   ?= $(firstword $(wildcard $(CURDIR)/../shared/thirdparty $(CURDIR)/../../shared/thirdparty) $(CURDIR)/../shared/thirdparty)
 OPENFAAS_DIR := target/openfaas
 OF_WATCHDOG  := $(OPENFAAS_DIR)/of-watchdog
 OF_GATEWAY   := $(OPENFAAS_DIR)/of-gateway
@@ -94,6 +95,9 @@ go:
 	@go version
 
 openfaas: $(OF_WATCHDOG) $(OF_GATEWAY) ## build the real of-watchdog and OpenFaaS gateway (Debian golang-go, no download) into target/openfaas/
+
+$(THIRDPARTY)/%.tar.gz:
+	@echo "missing $@: the OpenFaaS source archives are expected in ../shared/thirdparty beside this checkout (or set THIRDPARTY=<dir>)" >&2; exit 1
 
 $(OF_WATCHDOG): $(THIRDPARTY)/of-watchdog-5d4cadc.tar.gz | go
 	rm -rf $(OPENFAAS_DIR)/src/of-watchdog && mkdir -p $(OPENFAAS_DIR)/src/of-watchdog
