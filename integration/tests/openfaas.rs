@@ -741,3 +741,67 @@ async fn the_gateways_probe_alone_gives_up_before_a_two_second_start() {
         "gave up after {slowest:?}"
     );
 }
+
+/// Why `readiness.max_wait_ms` must stay below the gateway's `upstream_timeout` and
+/// `write_timeout`: with either shorter, a call the gate holds goes wrong at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_timeouts_shorter_than_max_wait_lose_the_caller() {
+    // upstream_timeout 1 s: the caller gets the gateway's 502 with an empty body, and the gateway
+    // hangs up on the held call (the sidecar drops it).
+    let short_upstream = GatewayOptions {
+        upstream_timeout: "1s".to_string(),
+        ..GatewayOptions::default()
+    };
+    let first = stage("{}", 1, short_upstream).await;
+    let _watchdog = http_watchdog(&first.pod.w);
+    let started = Instant::now();
+    let response = first
+        .gateway
+        .send(&Request::get("/function/env/late"))
+        .await
+        .expect("a response");
+    eprintln!(
+        "upstream_timeout 1s: the caller got {} ({} bytes) after {:?}",
+        response.status,
+        response.body.len(),
+        started.elapsed()
+    );
+    assert_eq!(response.status, 502);
+    assert!(response.body.is_empty(), "{}", response.text());
+    wait_stat(&first.pod.envoy, "abandoned", |v| v == 1).await;
+    drop(first);
+
+    // write_timeout 1 s (upstream_timeout longer): the caller is cut off without an answer, but
+    // the gateway keeps waiting, and the call runs when the function is ready, its caller gone.
+    let short_write = GatewayOptions {
+        write_timeout: "1s".to_string(),
+        ..GatewayOptions::default()
+    };
+    let second = stage("{}", 1, short_write).await;
+    let _watchdog = http_watchdog(&second.pod.w);
+    let gateway = second.gateway.clone();
+    let call =
+        tokio::spawn(async move { gateway.send(&Request::get("/function/env/orphan")).await });
+    wait_stat(&second.pod.envoy, "pending", |v| v == 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let function = FunctionServer::start(&second.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
+    let outcome = call.await.expect("task");
+    eprintln!(
+        "write_timeout 1s: the caller got {:?}",
+        outcome.as_ref().map(|r| r.status)
+    );
+    assert!(
+        outcome.is_err(),
+        "the caller got an answer: {:?}",
+        outcome.map(|r| r.status)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while function.calls().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the function"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(function.calls()[0].path, "/orphan");
+}
