@@ -335,10 +335,10 @@ impl HttpContext for Call {
 
         let mut route = plan.rewriter.route(path);
         // A request the OpenFaaS gateway forwarded is routed already and carries the gateway's
-        // start time (the last one: the gateway appends its own to a caller's). Only asked when
-        // it could matter: a start time came in, or the path has the prefix.
-        let from_gateway = (start_times > 0 || !matches!(route, Route::Unprefixed))
-            && plan.gateway_principal.as_deref().is_some_and(is_peer);
+        // start time (the last one: the gateway appends its own to a caller's). The gateway
+        // stamps every call it forwards, so the peer is only asked when a start time came in.
+        let from_gateway =
+            start_times > 0 && plan.gateway_principal.as_deref().is_some_and(is_peer);
         let start_time = if !from_gateway || start_times == 0 {
             Some(self.start_nanos.to_string().into_bytes())
         } else if start_times > 1 {
