@@ -406,7 +406,8 @@ struct FunctionState {
 
 /// The function's own HTTP server, as an http-mode template runs it behind of-watchdog
 /// (`upstream_url`): answers its `ready_path` with 200 and echoes every other request as JSON
-/// (`method`, `path`, `headers`, `body`), with the status `<code>` for `/status/<code>`. Dropping
+/// (`method`, `path`, `headers`, `body`), with the status `<code>` for `/status/<code>`; other
+/// `/_/` paths are 404, as in a custom container that serves only its own. Dropping
 /// it kills it and every connection at once, as
 /// when the function's process dies.
 pub struct FunctionServer {
@@ -507,6 +508,10 @@ async fn handle(
             first.get_or_insert_with(Instant::now);
         }
         return Ok(reply(200, "text/plain", b"ready".to_vec()));
+    }
+    // Like a custom container that serves only its own paths: no other `/_/` endpoint.
+    if path.starts_with("/_/") {
+        return Ok(reply(404, "text/plain", b"404 page not found".to_vec()));
     }
     let at = Instant::now();
     let method = req.method().to_string();

@@ -805,3 +805,39 @@ async fn gateway_timeouts_shorter_than_max_wait_lose_the_caller() {
     }
     assert_eq!(function.calls()[0].path, "/orphan");
 }
+
+/// A custom container (no watchdog) that serves `/_/health` but not `/_/ready`: the default probe
+/// path is answered 404, so the gate probes `/_/health` instead, and held calls are served once
+/// the container answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_container_without_ready_is_probed_on_health() {
+    let pod = pod("{}", None).await;
+    let envoy = &pod.envoy;
+    let addr = envoy.addr();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        calls.spawn(async move {
+            faas_mesh_integration::http::send(addr, &Request::get(&format!("/function/env/k/{i}")))
+                .await
+        });
+    }
+    wait_stat(envoy, "pending", |v| v == 6).await;
+    // The container's own server on :8080, its health path /_/health.
+    let container = FunctionServer::start(&pod.w, 8080, "/_/health").expect("container");
+    while let Some(done) = calls.join_next().await {
+        let response = done.expect("task").expect("a response");
+        assert!(echo_of(&response)["path"]
+            .as_str()
+            .expect("path")
+            .starts_with("/k/"));
+    }
+    assert_eq!(container.calls().len(), 6);
+    assert!(container.ready_requests() >= 1);
+    let log = envoy
+        .log_when(|log| log.contains("probing /_/health instead"))
+        .await;
+    assert!(
+        log.contains("answered /_/ready with Some(404): no such path; probing /_/health instead"),
+        "{log}"
+    );
+}
