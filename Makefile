@@ -43,6 +43,20 @@ FUZZ_SECONDS  ?= 300
 CARGO_FUZZ_VERSION := 0.13.1
 
 .PHONY: fuzz fuzz-smoke fuzz-setup
+
+# The real OpenFaaS runtime for the integration tests (integration/tests/openfaas*.rs): of-watchdog
+# and the gateway, built from the source archives beside the repository (CI clones the project
+# next to shared/) with Debian's Go, vendored dependencies only, into target/openfaas/ (ignored).
+# (A worktree one level further down finds them one level further up.)
+THIRDPARTY   ?= $(firstword $(wildcard $(CURDIR)/../shared/thirdparty $(CURDIR)/../../shared/thirdparty) $(CURDIR)/../shared/thirdparty)
+OPENFAAS_DIR := target/openfaas
+OF_WATCHDOG  := $(OPENFAAS_DIR)/of-watchdog
+OF_GATEWAY   := $(OPENFAAS_DIR)/of-gateway
+GO_BUILD      = GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 go build -o
+export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
+export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
+
+.PHONY: openfaas go cold-start
 .PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
@@ -65,7 +79,7 @@ ACTIONLINT_VENV    := .tools/actionlint
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed validate/node_modules/.installed ## install the wasm target, the pinned Envoy, the validators and the OCI tools
+setup: $(VENV)/.installed validate/node_modules/.installed openfaas ## install the wasm target, the pinned Envoy, the validators, the OCI tools, of-watchdog and the gateway
 	rustup target add $(TARGET)
 	@# skopeo and a registry for the OCI round trip (Debian packages).
 	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
@@ -89,6 +103,29 @@ $(VENV)/.installed:
 	  "$$bin" --version
 	touch $@
 
+go:
+	@if ! command -v go >/dev/null || ! command -v ip >/dev/null; then \
+	  echo "installing golang-go and iproute2 (apt)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq golang-go iproute2 >/dev/null; \
+	fi
+	@go version
+
+openfaas: $(OF_WATCHDOG) $(OF_GATEWAY) ## build the real of-watchdog and OpenFaaS gateway (Debian golang-go, no download) into target/openfaas/
+
+$(THIRDPARTY)/%.tar.gz:
+	@echo "missing $@: the OpenFaaS source archives are expected in ../shared/thirdparty beside this checkout (or set THIRDPARTY=<dir>)" >&2; exit 1
+
+$(OF_WATCHDOG): $(THIRDPARTY)/of-watchdog-5d4cadc.tar.gz | go
+	rm -rf $(OPENFAAS_DIR)/src/of-watchdog && mkdir -p $(OPENFAAS_DIR)/src/of-watchdog
+	tar -xzf $< -C $(OPENFAAS_DIR)/src/of-watchdog
+	cd $(OPENFAAS_DIR)/src/of-watchdog && $(GO_BUILD) $(CURDIR)/$@ .
+
+$(OF_GATEWAY): $(THIRDPARTY)/faas-b1ef4b49.tar.gz | go
+	rm -rf $(OPENFAAS_DIR)/src/faas && mkdir -p $(OPENFAAS_DIR)/src/faas
+	tar -xzf $< -C $(OPENFAAS_DIR)/src/faas
+	cd $(OPENFAAS_DIR)/src/faas/gateway && $(GO_BUILD) $(CURDIR)/$@ .
+
 build: ## build the filter module (release .wasm)
 	cargo build --release --target $(TARGET) -p faas-mesh-filter
 	@$(MAKE) --no-print-directory size
@@ -106,6 +143,11 @@ unit: wasm-target ## unit tests: the filter's pure modules and the tools (native
 
 integration: setup build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
+
+COLD_START_ROUNDS ?= 10
+cold-start: setup build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
+	ENVOY_BIN="$(ENVOY_BIN)" COLD_START_ROUNDS=$(COLD_START_ROUNDS) COLD_START_OUT=$(CURDIR)/bench/results/cold-start.json \
+	  cargo test -p faas-mesh-integration --test openfaas -- held_calls_are_released_soon_after_the_function_answers --nocapture
 
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture

@@ -54,7 +54,15 @@ pub enum OtherFunction {
 pub struct RewriteSection {
     pub prefix: String,
     pub other_function: OtherFunction,
+    /// The OpenFaaS gateway's SPIFFE ID (mTLS peer): its requests are routed already, so they
+    /// are not rewritten and keep its start time. `None` (configured as `""`): no such peer.
+    pub gateway_principal: Option<String>,
 }
+
+/// The OpenFaaS gateway's identity under Istio mTLS (its service account, as the tutorial
+/// installs it).
+pub const DEFAULT_GATEWAY_PRINCIPAL: &str =
+    "spiffe://cluster.local/ns/openfaas/sa/openfaas-controller";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadersSection {
@@ -169,6 +177,7 @@ impl Default for Config {
             rewrite: RewriteSection {
                 prefix: "/function/".into(),
                 other_function: OtherFunction::Reject,
+                gateway_principal: Some(DEFAULT_GATEWAY_PRINCIPAL.into()),
             },
             headers: HeadersSection {
                 call_id: "x-call-id".into(),
@@ -184,7 +193,9 @@ impl Default for Config {
                 enabled: true,
                 cluster: "faas_function_local".into(),
                 authority: "127.0.0.1:8080".into(),
-                path: "/_/health".into(),
+                // of-watchdog's /_/ready follows the function's own `ready_path`; a server
+                // without it is probed on /_/health instead (see `gate::fallback_path`).
+                path: "/_/ready".into(),
                 probe_timeout_ms: 1000,
                 retry_interval_ms: 100,
                 max_wait_ms: 30000,
@@ -295,7 +306,10 @@ impl Config {
                 config.function.name = Some(function_name(&o.path("name"), name)?);
             }
         }
-        if let Some(o) = root.object("rewrite", &["prefix", "other_function"])? {
+        if let Some(o) = root.object(
+            "rewrite",
+            &["prefix", "other_function", "gateway_principal"],
+        )? {
             if let Some(prefix) = o.string("prefix")? {
                 config.rewrite.prefix = path_prefix(&o.path("prefix"), prefix)?;
             }
@@ -304,6 +318,10 @@ impl Config {
                     "pass" => OtherFunction::Pass,
                     _ => OtherFunction::Reject,
                 };
+            }
+            if let Some(p) = o.string("gateway_principal")? {
+                config.rewrite.gateway_principal =
+                    gateway_principal(&o.path("gateway_principal"), p)?;
             }
         }
         if let Some(o) = root.object(
@@ -725,6 +743,27 @@ fn path_prefix(path: &str, s: &str) -> Result<String, ConfigError> {
             path,
             format!(
                 "expected a path prefix that starts and ends with '/' (like \"/function/\"), got {}",
+                quote(s)
+            ),
+        ))
+    }
+}
+
+/// A SPIFFE ID, exactly (no wildcard: one identity), or `""` for none.
+fn gateway_principal(path: &str, s: &str) -> Result<Option<String>, ConfigError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ok = s.len() > "spiffe://".len()
+        && s.starts_with("spiffe://")
+        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'*');
+    if ok {
+        Ok(Some(s.to_string()))
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "expected a SPIFFE ID (spiffe://...), or \"\" for none, got {}",
                 quote(s)
             ),
         ))

@@ -227,7 +227,7 @@ impl Call {
     fn is_held(&self) -> bool {
         self.hold
             .as_ref()
-            .is_some_and(|h| h.get() == HoldState::Held)
+            .is_some_and(|h| matches!(h.get(), HoldState::Held | HoldState::HeldReadingBody))
     }
 }
 
@@ -277,6 +277,9 @@ impl HttpContext for Call {
         let mut path: &[u8] = b"";
         let mut incoming_ids = 0u32;
         let mut incoming_id: &[u8] = b"";
+        let mut start_times = 0u32;
+        let mut last_start_time: &[u8] = b"";
+        let mut gateway_probe = false;
         let enforcer = self.enforcer.clone();
         let mut method: &[u8] = b"";
         let mut content_length = None;
@@ -289,6 +292,11 @@ impl HttpContext for Call {
             } else if name == names.call_id.as_bytes() {
                 incoming_ids += 1;
                 incoming_id = value;
+            } else if name == names.start_time.as_bytes() {
+                start_times += 1;
+                last_start_time = value;
+            } else if name == b"user-agent" {
+                gateway_probe = value == crate::gate::GATEWAY_PROBE_AGENT;
             } else if tracing && trace_header(&mut trace_in, name, value) {
                 // recorded
             } else if enforcer.is_some() {
@@ -350,7 +358,22 @@ impl HttpContext for Call {
             writes
         });
 
-        let route = plan.rewriter.route(path);
+        let mut route = plan.rewriter.route(path);
+        // A request the OpenFaaS gateway forwarded is routed already and carries the gateway's
+        // start time (the last one: the gateway appends its own to a caller's). The gateway
+        // stamps every call it forwards, so the peer is only asked when a start time came in.
+        let from_gateway =
+            start_times > 0 && plan.gateway_principal.as_deref().is_some_and(is_peer);
+        let start_time = if !from_gateway || start_times == 0 {
+            Some(self.start_nanos.to_string().into_bytes())
+        } else if start_times > 1 {
+            Some(last_start_time.to_vec())
+        } else {
+            None
+        };
+        if from_gateway {
+            route = Route::Unprefixed;
+        }
         drop(headers);
         match route {
             Route::NotFound(reason) => {
@@ -389,11 +412,9 @@ impl HttpContext for Call {
                 self.call_id.as_bytes(),
             );
         }
-        let _ = host::set_header(
-            MapType::HttpRequestHeaders,
-            &names.start_time,
-            self.start_nanos.to_string().as_bytes(),
-        );
+        if let Some(start_time) = start_time {
+            let _ = host::set_header(MapType::HttpRequestHeaders, &names.start_time, &start_time);
+        }
         for (name, value) in trace_headers.unwrap_or_default() {
             let _ = match value {
                 Some(value) => {
@@ -424,9 +445,13 @@ impl HttpContext for Call {
                 if content_length.is_some_and(|len| len > budget) {
                     return self.answer(&plan, TOO_LARGE_TO_HOLD);
                 }
-                match gate.admit(self.context_id, &self.call_id) {
+                match gate.admit(self.context_id, &self.call_id, gateway_probe) {
                     Admission::Go => {}
                     Admission::Held(state) => {
+                        if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {
+                            // Released or not, the headers wait for the whole body.
+                            state.set(HoldState::HeldReadingBody);
+                        }
                         self.hold = Some(state);
                         return Action::Pause;
                     }
@@ -465,6 +490,9 @@ impl HttpContext for Call {
                 self.counting_body = false;
             }
         }
+        if !self.counting_body {
+            self.body_read();
+        }
         // While the gate holds the request, its buffered body counts against the pod's budget;
         // it reaches the function on release.
         if self.is_held() {
@@ -484,6 +512,7 @@ impl HttpContext for Call {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // Trailers end the body (HTTP/2 bodies with trailers never see end_of_stream there).
         self.counting_body = false;
+        self.body_read();
         if self.is_held() || self.answered_locally {
             Action::Pause
         } else {
@@ -507,32 +536,43 @@ impl HttpContext for Call {
         // With the readiness gate, one read of the response headers answers both questions: did
         // the function set its duration, and is this Envoy's 503 for a function that is gone?
         // Without it, only the first; asking for one header that is absent costs far less.
-        let (has_duration, unavailable) = if self.gate.is_some() {
+        let (has_duration, unavailable, server_error) = if self.gate.is_some() {
             let headers = host::header_map(MapType::HttpResponseHeaders).unwrap_or_default();
             let mut has_duration = false;
             let mut unavailable = false;
+            let mut server_error = false;
             for (name, value) in header_map::pairs(&headers) {
                 if name == b":status" {
                     unavailable = value == b"503";
+                    server_error = crate::gate::worth_a_probe(value);
                 } else if name == names.duration.as_bytes() {
                     has_duration = true;
                 }
             }
-            (has_duration, unavailable)
+            (has_duration, unavailable, server_error)
         } else {
             let duration = host::header(MapType::HttpResponseHeaders, &names.duration);
-            (matches!(duration, Ok(Some(_))), false)
+            (matches!(duration, Ok(Some(_))), false, false)
         };
-        if unavailable {
+        if server_error {
             if let Some(gate) = &self.gate {
-                let flags = host::property(b"response\0flags")
-                    .ok()
-                    .flatten()
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                    .map_or(0, u64::from_le_bytes);
-                log::debug!("call {}: 503 with response flags {flags:#x}", self.call_id);
+                // Envoy's own 503 for a refused or dropped connection: the process is gone. Any
+                // other 5xx (of-watchdog's 500 when the function's server refuses it, or the
+                // function's own error): one probe decides.
+                let flags = if unavailable {
+                    host::property(b"response\0flags")
+                        .ok()
+                        .flatten()
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map_or(0, u64::from_le_bytes)
+                } else {
+                    0
+                };
+                log::debug!("call {}: 5xx with response flags {flags:#x}", self.call_id);
                 if crate::gate::upstream_gone(flags) {
                     gate.upstream_gone();
+                } else {
+                    gate.check_after_5xx();
                 }
             }
         }
@@ -552,6 +592,14 @@ impl HttpContext for Call {
         }
         Action::Continue
     }
+}
+
+/// Whether the peer of this request's connection presented (under mTLS) this SPIFFE identity.
+fn is_peer(principal: &str) -> bool {
+    host::property(b"connection\0uri_san_peer_certificate")
+        .ok()
+        .flatten()
+        .is_some_and(|peer| peer == principal.as_bytes())
 }
 
 /// Records a trace header of the request in `incoming`; false if `name` is none. A header sent
@@ -666,6 +714,16 @@ impl Call {
         self.enforcer
             .as_ref()
             .and_then(|e| e.deny(reason, &self.call_id, retry_after))
+    }
+
+    /// The body is read to its end: a request the gate still holds waits for the gate as any
+    /// other; one it released meanwhile goes on now (the caller's `Continue`).
+    fn body_read(&self) {
+        if let Some(state) = &self.hold {
+            if state.get() == HoldState::HeldReadingBody {
+                state.set(HoldState::Held);
+            }
+        }
     }
 
     /// Whether the policy answers denials (not audit, not off).

@@ -68,6 +68,53 @@ pub fn probe_says_ready(status: Option<u16>) -> bool {
     matches!(status, Some(200..=299) | Some(429))
 }
 
+/// The probe path that may be missing, and what to probe instead: of-watchdog's `/_/ready` (which
+/// follows the function's own `ready_path`) is the default; a server without it (a custom
+/// container that serves only `/_/health`) answers 404, 405 or 501, and the gate then probes
+/// `/_/health`, which both watchdogs serve.
+pub const READY_PATH: &str = "/_/ready";
+pub const HEALTH_PATH: &str = "/_/health";
+
+/// Whether a probe answer means "this server has no such path" (fall back to [`HEALTH_PATH`]).
+pub fn path_missing(status: Option<u16>) -> bool {
+    matches!(status, Some(404) | Some(405) | Some(501))
+}
+
+/// The path to fall back to when `path` is missing on the function's server, if any.
+pub fn fallback_path(path: &str) -> Option<&'static str> {
+    (path == READY_PATH).then_some(HEALTH_PATH)
+}
+
+/// Whether a response from the function (not from the filter or Envoy) says it may be gone: any
+/// 5xx. The gate does not trust it either way; it sends one probe and re-arms if that fails.
+pub fn worth_a_probe(status: &[u8]) -> bool {
+    status.len() == 3 && status.first() == Some(&b'5')
+}
+
+/// Time between probes while requests are held somewhere in the pod: half the retry interval (50 ms,
+/// 20 probes a second, with the default 100 ms), so a held call waits at most that long after the
+/// function can answer. With nothing held, probes go out every `retry_interval_ms`.
+pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
+    (retry_interval_ms / 2).max(1)
+}
+
+/// How often a worker that holds requests (or must verify a suspicious 5xx) wakes up: to send the
+/// probe as soon as the lease allows and to learn promptly that another worker found the function
+/// ready. Each tick is one shared-data read.
+pub const HOLDING_TICK_MS: u64 = 5;
+
+/// The OpenFaaS gateway's own probe (`probe_functions`) says who it is in its `User-Agent`; it
+/// tries 10 times, 50 ms apart, with no timeout of its own. The gate holds each try for a tenth of
+/// `max_wait_ms`, so a function that never starts costs the gateway's caller about `max_wait_ms`
+/// in all (not ten times that), and a function that starts meanwhile answers the try held then.
+pub const GATEWAY_PROBE_AGENT: &[u8] = b"com.openfaas.gateway/probe";
+pub const GATEWAY_PROBE_TRIES: u64 = 10;
+
+/// How long one try of the gateway's probe is held.
+pub fn gateway_probe_wait_ms(max_wait_ms: u64) -> u64 {
+    (max_wait_ms / GATEWAY_PROBE_TRIES).max(1)
+}
+
 /// Envoy's response flags (`response.flags`) that mean the function's process is gone:
 /// UpstreamConnectionFailure (UF, 0x20) and UpstreamConnectionTermination (UC, 0x40).
 pub const UPSTREAM_GONE_FLAGS: u64 = 0x20 | 0x40;
@@ -98,6 +145,8 @@ pub fn retry_after_seconds(retry_interval_ms: u64) -> u64 {
 pub struct Held<T> {
     pub context_id: u32,
     pub since_ms: u64,
+    /// How long it may be held (`max_wait_ms`, less for the gateway's probe).
+    pub wait_ms: u64,
     pub payload: T,
 }
 
@@ -116,10 +165,11 @@ impl<T> Default for Waiting<T> {
 }
 
 impl<T> Waiting<T> {
-    pub fn hold(&mut self, context_id: u32, now_ms: u64, payload: T) {
+    pub fn hold(&mut self, context_id: u32, now_ms: u64, wait_ms: u64, payload: T) {
         self.held.push_back(Held {
             context_id,
             since_ms: now_ms,
+            wait_ms,
             payload,
         });
     }
@@ -130,18 +180,18 @@ impl<T> Waiting<T> {
         self.held.remove(index)
     }
 
-    /// Takes every request held for `max_wait_ms` or longer.
-    pub fn expired(&mut self, now_ms: u64, max_wait_ms: u64) -> Vec<Held<T>> {
+    /// Takes every request held for its `wait_ms` or longer, oldest first.
+    pub fn expired(&mut self, now_ms: u64) -> Vec<Held<T>> {
         let mut out = Vec::new();
-        // Oldest first, so the expired ones are a prefix.
-        while let Some(first) = self.held.front() {
-            if now_ms.saturating_sub(first.since_ms) < max_wait_ms {
-                break;
-            }
-            if let Some(h) = self.held.pop_front() {
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for h in self.held.drain(..) {
+            if now_ms.saturating_sub(h.since_ms) >= h.wait_ms {
                 out.push(h);
+            } else {
+                kept.push_back(h);
             }
         }
+        self.held = kept;
         out
     }
 
@@ -208,19 +258,57 @@ mod tests {
     #[test]
     fn waiting_expires_the_oldest_and_forgets_the_gone() {
         let mut w = Waiting::default();
-        w.hold(1, 100, "a");
-        w.hold(2, 150, "b");
-        w.hold(3, 400, "c");
+        w.hold(1, 100, 1000, "a");
+        w.hold(2, 150, 1000, "b");
+        w.hold(3, 400, 1000, "c");
+        // The gateway's probe: held a tenth as long, expires before older requests.
+        w.hold(4, 500, gateway_probe_wait_ms(1000), "probe");
         assert_eq!(
             w.remove(2).map(|h| (h.since_ms, h.payload)),
             Some((150, "b"))
         );
         assert_eq!(w.remove(2), None);
-        let expired: Vec<u32> = w.expired(1100, 1000).iter().map(|h| h.context_id).collect();
+        let expired: Vec<u32> = w.expired(600).iter().map(|h| h.context_id).collect();
+        assert_eq!(expired, vec![4]);
+        let expired: Vec<u32> = w.expired(1100).iter().map(|h| h.context_id).collect();
         assert_eq!(expired, vec![1]);
         assert_eq!(w.len(), 1);
         assert_eq!(w.take_all().len(), 1);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn ready_path_falls_back_to_health_only_when_missing() {
+        assert_eq!(fallback_path("/_/ready"), Some("/_/health"));
+        assert_eq!(fallback_path("/_/health"), None);
+        assert_eq!(fallback_path("/healthz"), None);
+        for missing in [404, 405, 501] {
+            assert!(path_missing(Some(missing)));
+        }
+        // of-watchdog's /_/ready: 503 before the lock file, 500 while the function's own server
+        // refuses (ready_path): not ready, but the path exists.
+        for present in [200, 429, 500, 503] {
+            assert!(!path_missing(Some(present)));
+        }
+        assert!(!path_missing(None));
+    }
+
+    #[test]
+    fn only_5xx_answers_are_worth_a_probe() {
+        for status in [&b"500"[..], b"502", b"503", b"504"] {
+            assert!(worth_a_probe(status));
+        }
+        for status in [&b"200"[..], b"404", b"429", b"5", b"5000", b""] {
+            assert!(!worth_a_probe(status));
+        }
+    }
+
+    #[test]
+    fn held_requests_probe_at_most_twenty_times_a_second_by_default() {
+        assert_eq!(holding_interval_ms(100), 50);
+        assert_eq!(1000 / holding_interval_ms(100), 20);
+        assert_eq!(holding_interval_ms(1), 1);
+        assert!(HOLDING_TICK_MS < holding_interval_ms(100));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Plan {
     /// Hold the headers of a request whose body must be counted until the body is complete
     /// (`envoy.allow_on_headers_stop_iteration`).
     pub hold_unsized_bodies: bool,
+    /// The OpenFaaS gateway's SPIFFE identity (`rewrite.gateway_principal`): its requests are
+    /// not rewritten again and keep its start time.
+    pub gateway_principal: Option<String>,
     /// Things worth one log line at start-up (not errors).
     pub notices: Vec<String>,
 }
@@ -93,6 +96,7 @@ impl Plan {
             tracing: config.tracing,
             readiness: config.readiness.enabled.then(|| config.readiness.clone()),
             hold_unsized_bodies: config.envoy.allow_on_headers_stop_iteration,
+            gateway_principal: config.rewrite.gateway_principal.clone(),
             notices,
         })
     }

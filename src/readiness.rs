@@ -3,6 +3,12 @@
 //! that talks to the host (shared data, the probe call, resuming paused requests, stats).
 //!
 //! The request path, once the function is ready, costs one `Cell` read ([`Gate::is_ready`]).
+//!
+//! Probes belong to the pod, not to a client: they are only ever dispatched from the root
+//! context (its tick, or the answer to the previous probe), so a held client that hangs up cannot
+//! take the probe with it. A worker holding requests ticks every [`gate::HOLDING_TICK_MS`], which
+//! both sends the probe as soon as the pod-wide lease allows and picks up readiness another worker
+//! found.
 
 use crate::config::ReadinessSection;
 use crate::gate::{
@@ -20,6 +26,10 @@ use std::rc::Rc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldState {
     Held,
+    /// Held, and the request's own context is still reading its body (a body of unknown length
+    /// under `max_body_bytes`): a release must not resume it; the context goes on when the body
+    /// is complete (or answers 413).
+    HeldReadingBody,
     Released,
     /// The gate answered it (503); the request's context must not stamp that reply again.
     Answered,
@@ -102,6 +112,18 @@ fn record(metric: Option<u32>, value: u64) {
     }
 }
 
+/// A probe in flight from this worker.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    token: u32,
+    /// Our own deadline (ms), a little after the host's timeout.
+    give_up: u64,
+    /// The pod state's generation when it was sent.
+    generation: u64,
+    /// Sent while ready, to check a 5xx from the function: a failure re-arms the gate.
+    verify: bool,
+}
+
 /// The gate of one worker (one per root context).
 pub struct Gate {
     settings: ReadinessSection,
@@ -109,8 +131,15 @@ pub struct Gate {
     ready: Cell<bool>,
     generation: Cell<u64>,
     waiting: RefCell<Waiting<HeldCall>>,
-    /// The probe this worker has in flight: (token, give-up time in ms).
-    probe: Cell<Option<(u32, u64)>>,
+    /// The probe this worker has in flight.
+    probe: Cell<Option<Probe>>,
+    /// The function's server said it has no `settings.path` (404, 405, 501): probe its fallback.
+    fell_back: Cell<bool>,
+    /// A response from the function was a 5xx while ready: probe once, re-arm if that fails.
+    verify: Cell<bool>,
+    /// The tick period last asked of the host (it is changed only when it changes: setting it
+    /// restarts the timer).
+    tick: Cell<u64>,
     /// Whether the last dispatch failed (to log a broken cluster once, not every tick).
     dispatch_failing: Cell<bool>,
     metrics: Metrics,
@@ -131,6 +160,9 @@ impl Gate {
             generation: Cell::new(0),
             waiting: RefCell::new(Waiting::default()),
             probe: Cell::new(None),
+            fell_back: Cell::new(false),
+            verify: Cell::new(false),
+            tick: Cell::new(0),
             dispatch_failing: Cell::new(false),
             metrics: Metrics::define(function),
             function: function.to_string(),
@@ -144,13 +176,37 @@ impl Gate {
         Rc::new(gate)
     }
 
-    /// How often the root context should call [`Gate::on_tick`].
-    /// Slow while ready (nothing to do but notice another worker's news), fast while not.
+    /// How often the root context should call [`Gate::on_tick`]: fastest while this worker holds
+    /// requests or must check a 5xx; slow while ready (nothing to do but notice another worker's
+    /// news); in between while not ready with nothing held.
     pub fn tick_ms(&self) -> u64 {
-        if self.is_ready() {
+        if self.verify.get() || !self.waiting.borrow().is_empty() {
+            gate::HOLDING_TICK_MS
+        } else if self.is_ready() {
             gate::READY_TICK_MS
         } else {
             gate::tick_ms(self.settings.retry_interval_ms)
+        }
+    }
+
+    /// Asks the host for the tick this worker needs now, if that changed. The timer belongs to
+    /// the root context this gate serves (also when called from one of its requests).
+    fn retick(&self) {
+        let want = self.tick_ms();
+        if self.tick.replace(want) != want {
+            let _ = host::set_tick_period_ms(u32::try_from(want).unwrap_or(50));
+        }
+    }
+
+    /// The path probed now: `readiness.path`, or `/_/health` once the server said it has no
+    /// `/_/ready`.
+    fn probe_path(&self) -> &str {
+        match (
+            self.fell_back.get(),
+            gate::fallback_path(&self.settings.path),
+        ) {
+            (true, Some(fallback)) => fallback,
+            _ => &self.settings.path,
         }
     }
 
@@ -161,7 +217,9 @@ impl Gate {
     }
 
     /// A request arrived while this worker believed the function not ready.
-    pub fn admit(&self, context_id: u32, call_id: &str) -> Admission {
+    /// `gateway_probe`: the request is the OpenFaaS gateway's own probe (held for a tenth of
+    /// `max_wait_ms`, see [`gate::GATEWAY_PROBE_AGENT`]).
+    pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Admission {
         self.adopt(self.read_state());
         if self.is_ready() {
             return Admission::Go;
@@ -176,17 +234,24 @@ impl Gate {
             return Admission::QueueFull;
         }
         let state = Rc::new(Cell::new(HoldState::Held));
+        let max_wait = self.settings.max_wait_ms;
         self.waiting.borrow_mut().hold(
             context_id,
             now_ms(),
+            if gateway_probe {
+                gate::gateway_probe_wait_ms(max_wait)
+            } else {
+                max_wait
+            },
             HeldCall {
                 call_id: call_id.to_string(),
                 state: state.clone(),
             },
         );
         add(self.metrics.held, 1);
-        // No need to wait for the next tick to ask the function.
-        self.maybe_probe(now_ms());
+        // The probe goes out from the root context within a (now fast) tick, never from this
+        // request's context.
+        self.retick();
         Admission::Held(state)
     }
 
@@ -196,13 +261,29 @@ impl Gate {
         if removed.is_some() {
             add(self.metrics.abandoned, 1);
             self.release_slots(1);
+            self.retick();
+        }
+    }
+
+    /// The function answered a request with a 5xx while the gate was open: it may be the
+    /// function's own error, or its process died behind a watchdog that is still up (of-watchdog
+    /// answers 500 when its upstream refuses). The probe decides: one is sent from the next tick.
+    pub fn check_after_5xx(&self) {
+        // Another worker may know already (this one learns on its slow ready tick otherwise).
+        self.adopt(self.read_state());
+        if self.is_ready() && !self.verify.replace(true) {
+            self.retick();
         }
     }
 
     /// The function's process is gone (a response said the connection to it failed): hold the
     /// next requests instead of failing them, and probe until it is back.
     pub fn upstream_gone(&self) {
-        let known = self.generation.get();
+        self.rearm(self.generation.get(), "the connection to it failed");
+    }
+
+    /// Puts the gate back to holding, unless the pod state moved on since generation `known`.
+    fn rearm(&self, known: u64, why: &str) {
         let outcome = host::update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
             let current = PodState::decode(value);
             if current.generation != known || !current.ready {
@@ -216,9 +297,9 @@ impl Gate {
         if let Some((state, wrote)) = outcome {
             if wrote {
                 log::info!(
-                    "readiness: the connection to function {:?} failed; holding requests until {} answers",
+                    "readiness: function {:?}: {why}; holding requests until {} answers",
                     self.function,
-                    self.settings.path
+                    self.probe_path()
                 );
             }
             self.adopt(state);
@@ -231,12 +312,14 @@ impl Gate {
         self.adopt(self.read_state());
         if self.is_ready() {
             self.release_all(now);
+            self.expire_probe(now);
+            if self.verify.get() {
+                self.maybe_probe(now);
+            }
+            self.retick();
             return;
         }
-        let expired = self
-            .waiting
-            .borrow_mut()
-            .expired(now, self.settings.max_wait_ms);
+        let expired = self.waiting.borrow_mut().expired(now);
         if !expired.is_empty() {
             for held in &expired {
                 self.answer_not_ready(held, now);
@@ -244,41 +327,93 @@ impl Gate {
             add(self.metrics.timed_out, expired.len());
             self.release_slots(expired.len());
         }
-        if let Some((_, give_up)) = self.probe.get() {
-            if now >= give_up {
+        self.expire_probe(now);
+        self.maybe_probe(now);
+        self.retick();
+    }
+
+    fn expire_probe(&self, now: u64) {
+        if let Some(probe) = self.probe.get() {
+            if now >= probe.give_up {
                 // The host never answered (a call to a cluster with no endpoint can queue
                 // without firing its timeout): count it failed and try again.
                 self.probe.set(None);
                 add(self.metrics.probes_failed, 1);
             }
         }
-        self.maybe_probe(now);
     }
 
     /// The answer to a probe arrived (root context `on_http_call_response`).
     pub fn on_probe_answer(&self, token: u32) {
-        match self.probe.get() {
-            Some((mine, _)) if mine == token => self.probe.set(None),
+        let probe = match self.probe.get() {
+            Some(probe) if probe.token == token => probe,
             _ => return,
-        }
+        };
+        self.probe.set(None);
         let status = host::header(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
         let now = now_ms();
+        if gate::path_missing(status) && !self.fell_back.get() {
+            if let Some(fallback) = gate::fallback_path(&self.settings.path) {
+                log::info!(
+                    "readiness: function {:?} answered {} with {status:?}: no such path; probing \
+                     {fallback} instead",
+                    self.function,
+                    self.settings.path
+                );
+                self.fell_back.set(true);
+                let _ = host::set_shared_data(LEASE_KEY, b"0", 0);
+                self.maybe_probe(now);
+                self.retick();
+                return;
+            }
+        }
+        let s = &self.settings;
         if probe_says_ready(status) {
+            // The lease is released: a function that dies and comes back is probed at once. After
+            // a check that found a ready function well (its 5xx was its own), one retry interval
+            // passes before the next check.
+            let next = if probe.verify {
+                now.saturating_add(s.retry_interval_ms)
+            } else {
+                0
+            };
+            let _ = host::set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
             self.publish_ready();
             self.release_all(now);
         } else {
             add(self.metrics.probes_failed, 1);
+            if probe.verify {
+                self.rearm(
+                    probe.generation,
+                    &format!("{} answered {status:?} after a 5xx", self.probe_path()),
+                );
+            }
+            let interval = self.interval_ms();
             log::debug!(
-                "readiness: probe {} answered {:?}; next in {} ms",
-                self.settings.path,
-                status,
-                self.settings.retry_interval_ms
+                "readiness: probe {} answered {status:?}; next in {interval} ms",
+                self.probe_path()
             );
-            let next = now.saturating_add(self.settings.retry_interval_ms);
+            let next = now.saturating_add(interval);
             let _ = host::set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
+        }
+        self.retick();
+    }
+
+    /// The time to the next probe after a failed one: shorter while requests are held anywhere
+    /// in the pod (they wait for it), `retry_interval_ms` otherwise.
+    fn interval_ms(&self) -> u64 {
+        let retry = self.settings.retry_interval_ms;
+        let pending = match host::shared_data(PENDING_KEY) {
+            Ok((value, _)) => decode_number(value.as_deref()),
+            Err(_) => self.waiting.borrow().len() as u64,
+        };
+        if pending > 0 || !self.waiting.borrow().is_empty() {
+            gate::holding_interval_ms(retry)
+        } else {
+            retry
         }
     }
 
@@ -300,15 +435,14 @@ impl Gate {
         {
             return;
         }
-        let changed = self.ready.get() != state.ready;
         self.generation.set(state.generation);
         self.ready.set(state.ready);
         record(self.metrics.ready, u64::from(state.ready));
-        if changed {
-            // The timer belongs to the root context this gate serves (also when called from one
-            // of its requests).
-            let _ = host::set_tick_period_ms(u32::try_from(self.tick_ms()).unwrap_or(50));
+        if !state.ready {
+            // Nothing to check any more: the gate holds again.
+            self.verify.set(false);
         }
+        self.retick();
     }
 
     fn publish_ready(&self) {
@@ -327,7 +461,7 @@ impl Gate {
                     log::info!(
                         "readiness: function {:?} answered {}; requests flow",
                         self.function,
-                        self.settings.path
+                        self.probe_path()
                     );
                 }
                 self.adopt(state);
@@ -337,7 +471,8 @@ impl Gate {
         }
     }
 
-    /// Starts a probe if none is in flight in the pod and the retry interval has passed.
+    /// Starts a probe if none is in flight in the pod and the retry interval has passed. Called
+    /// from root callbacks only (the tick, the previous probe's answer).
     fn maybe_probe(&self, now: u64) {
         if self.probe.get().is_some() {
             return;
@@ -356,22 +491,29 @@ impl Gate {
         if host::set_shared_data(LEASE_KEY, until.to_string().as_bytes(), cas) != Ok(true) {
             return; // another worker took it
         }
-        match host::dispatch_get(&s.cluster, &s.authority, &s.path, s.probe_timeout_ms) {
+        let path = self.probe_path();
+        match host::dispatch_get(&s.cluster, &s.authority, path, s.probe_timeout_ms) {
             Ok(token) => {
                 self.dispatch_failing.set(false);
-                // Our own deadline, a little after the host's timeout.
-                self.probe
-                    .set(Some((token, now.saturating_add(s.probe_timeout_ms + 100))));
+                let verify = self.is_ready();
+                self.probe.set(Some(Probe {
+                    token,
+                    give_up: now.saturating_add(s.probe_timeout_ms + 100),
+                    generation: self.generation.get(),
+                    verify,
+                }));
+                if verify {
+                    self.verify.set(false);
+                }
                 add(self.metrics.probes_sent, 1);
             }
             Err(e) => {
                 add(self.metrics.probes_failed, 1);
                 if !self.dispatch_failing.replace(true) {
                     log::error!(
-                        "readiness: cannot probe {} on cluster {:?} ({e:?}); is \
+                        "readiness: cannot probe {path} on cluster {:?} ({e:?}); is \
                          readiness.cluster a cluster of this Envoy? (the EnvoyFilter's CLUSTER \
                          patch adds faas_function_local)",
-                        s.path,
                         s.cluster
                     );
                 }
@@ -389,9 +531,10 @@ impl Gate {
             return;
         }
         for h in &held {
+            let reading_body = h.payload.state.get() == HoldState::HeldReadingBody;
             h.payload.state.set(HoldState::Released);
             record(self.metrics.held_ms, now.saturating_sub(h.since_ms));
-            if host::set_effective_context(h.context_id).is_ok() {
+            if !reading_body && host::set_effective_context(h.context_id).is_ok() {
                 let _ = host::resume_request();
             }
         }

@@ -73,6 +73,7 @@ fn field(c: &Config, path: &str) -> Value {
             OtherFunction::Reject => "reject",
             OtherFunction::Pass => "pass",
         }),
+        "rewrite.gateway_principal" => json!(c.rewrite.gateway_principal),
         "headers.call_id" => json!(c.headers.call_id),
         "headers.trust_incoming_call_id" => json!(c.headers.trust_incoming_call_id),
         "tracing.b3" => json!(c.tracing.b3),

@@ -7,11 +7,13 @@
 //!   `envoyfilter/envoyfilter.yaml`, with the release `.wasm` loaded by file-based ECDS;
 //! - [`http`]: a small HTTP/1.1 client that sends exactly the bytes a test asks for (duplicate
 //!   headers, odd request targets), and an HTTP/2 (prior knowledge) client;
-//! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities.
+//! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities;
+//! - [`openfaas`]: the real of-watchdog and gateway, in network namespaces the test creates.
 
 pub mod envoy;
 pub mod http;
 pub mod manifest;
+pub mod openfaas;
 pub mod stand_in;
 pub mod tls;
 

@@ -105,6 +105,21 @@ impl Pki {
         identity: Option<&Identity>,
         request: &Request,
     ) -> io::Result<Response> {
+        let connector = self.connector(identity)?;
+        let name = ServerName::try_from("localhost").map_err(err)?;
+        let exchange = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let tls = connector.connect(name, tcp).await?;
+            http::exchange(tls, &request.wire("localhost"), request.method == "HEAD").await
+        };
+        tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
+    }
+
+    /// A TLS client of the sidecar's listener (server name `localhost`), presenting `identity`
+    /// (or no certificate): what a mesh workload's own sidecar does on its way out.
+    pub fn connector(&self, identity: Option<&Identity>) -> io::Result<tokio_rustls::TlsConnector> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).map_err(err)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -121,15 +136,6 @@ impl Pki {
                 .map_err(err)?,
             None => builder.with_no_client_auth(),
         };
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = ServerName::try_from("localhost").map_err(err)?;
-        let exchange = async {
-            let tcp = TcpStream::connect(addr).await?;
-            let tls = connector.connect(name, tcp).await?;
-            http::exchange(tls, &request.wire("localhost"), request.method == "HEAD").await
-        };
-        tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }
 }

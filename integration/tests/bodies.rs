@@ -253,3 +253,56 @@ async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_on
     }
     assert_eq!(function.calls(), held_fits as u64);
 }
+
+/// The gate releasing a held request does not let its body past the check: a chunked body still
+/// arriving when the function comes up is read to its end first, and over the limit it is
+/// answered 413 with the function never called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_by_the_gate_waits_for_the_body_check() {
+    // Over the limit once the rest arrives: 413, the function never called; within it: served.
+    release_while_the_body_arrives(900, 200, 413).await;
+    release_while_the_body_arrives(400, 500, 200).await;
+}
+
+async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port().expect("port");
+    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(policy("enforce")))
+        .await
+        .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let mut stream = tokio::net::TcpStream::connect(envoy.addr())
+        .await
+        .expect("connect");
+    let chunk = |n: usize| format!("{n:x}\r\n{}\r\n", "b".repeat(n));
+    let head = "POST /function/env/slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n";
+    stream
+        .write_all(format!("{head}{}", chunk(first)).as_bytes())
+        .await
+        .expect("write");
+    // Held: the function is down. Then it comes up and the gate releases the request while its
+    // body is still arriving.
+    let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.readiness.{name}");
+    envoy
+        .wait_for_stat(&stat("pending"), Duration::from_secs(10), |v| v >= 1)
+        .await;
+    let function = StandInFunction::start_on(port).await.expect("function");
+    let released = envoy
+        .wait_for_stat(&stat("released"), Duration::from_secs(10), |v| v >= 1)
+        .await;
+    assert_eq!(released, 1);
+    assert_eq!(function.calls(), 0, "released before its body was read");
+    stream
+        .write_all(format!("{}0\r\n\r\n", chunk(rest)).as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(http::EXCHANGE_TIMEOUT, stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 {want}")),
+        "{first}+{rest}: {text}"
+    );
+    assert_eq!(function.calls(), u64::from(want == 200), "{first}+{rest}");
+}

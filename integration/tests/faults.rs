@@ -28,7 +28,7 @@ async fn a_missing_probe_cluster_is_named_in_the_log_and_requests_get_503() {
     assert_not_ready(&envoy.get("/function/env/").await);
     let log = envoy.log_when(|log| log.contains("no_such_cluster")).await;
     assert!(
-        log.contains("readiness: cannot probe /_/health on cluster \"no_such_cluster\""),
+        log.contains("readiness: cannot probe /_/ready on cluster \"no_such_cluster\""),
         "{log}"
     );
     assert_eq!(function.calls(), 0);

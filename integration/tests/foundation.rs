@@ -387,7 +387,7 @@ async fn a_bad_configuration_at_start_is_refused_and_names_the_key() {
     for (config, message) in [
         (
             r#"{"rewrite": {"prefx": "/fn/"}}"#,
-            "rewrite.prefx: unknown key (expected one of: prefix, other_function)",
+            "rewrite.prefx: unknown key (expected one of: prefix, other_function, gateway_principal)",
         ),
         (
             r#"{"headers": {"trust_incoming_call_id": "yes"}}"#,
