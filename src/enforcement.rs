@@ -56,6 +56,25 @@ pub fn vm_owner() -> Rc<Owner> {
     VM_OWNER.with(Rc::clone)
 }
 
+/// The connection's mTLS state and peer SPIFFE ID, never a request header. A URI SAN on the
+/// peer certificate proves mTLS, so `connection.mtls` is read only when there is none and
+/// `ask_mtls` (the policy needs it; telling the gateway apart needs only the SAN).
+pub fn peer_of<H: Host>(host: &H, ask_mtls: bool) -> (bool, Option<Vec<u8>>) {
+    let peer = host
+        .property(b"connection\0uri_san_peer_certificate")
+        .ok()
+        .flatten()
+        .filter(|p| !p.is_empty());
+    let mtls = peer.is_some()
+        || (ask_mtls
+            && host
+                .property(b"connection\0mtls")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.first() == Some(&1)));
+    (mtls, peer)
+}
+
 /// A metric id per reason, in [`Reason::ALL`] order.
 type PerReason = [Option<u32>; 6];
 
@@ -120,23 +139,9 @@ impl<H: Host> Enforcer<H> {
         &self.policy
     }
 
-    /// The connection's mTLS state and peer SPIFFE ID (never a request header). A URI SAN on
-    /// the peer certificate proves mTLS, so `connection.mtls` is read only when there is none.
+    /// The connection's mTLS state and peer SPIFFE ID (see [`peer_of`]).
     pub fn peer(&self) -> (bool, Option<Vec<u8>>) {
-        let peer = self
-            .host
-            .property(b"connection\0uri_san_peer_certificate")
-            .ok()
-            .flatten()
-            .filter(|p| !p.is_empty());
-        let mtls = peer.is_some()
-            || self
-                .host
-                .property(b"connection\0mtls")
-                .ok()
-                .flatten()
-                .is_some_and(|v| v.first() == Some(&1));
-        (mtls, peer)
+        peer_of(&self.host, true)
     }
 
     /// A request passed every check.
@@ -159,7 +164,11 @@ impl<H: Host> Enforcer<H> {
                     self.function,
                     reason.tag()
                 );
-                Some(reason.reply(retry_after))
+                Some(crate::reply::denied(
+                    reason,
+                    retry_after,
+                    &self.policy.allow,
+                ))
             }
             PolicyMode::Audit => {
                 if let Some(Some(id)) = self.audited.get(index(reason)) {

@@ -9,19 +9,17 @@
 //! run from the root context's tick (see `readiness`).
 
 use crate::body_budget;
-use crate::call_id;
 use crate::config::{Config, Keep, PolicyMode};
 use crate::enforcement::{self, Enforcer};
 use crate::header_map;
-use crate::host::{self, Abi, HostLogger};
+use crate::host::{self, Abi, Host, HostLogger};
 use crate::metrics;
 use crate::plan::{Plan, PodInfo};
-use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
+use crate::policy::Reason;
 use crate::readiness::{Admission, Gate, HoldState};
-use crate::reply::LocalReply;
-use crate::rewrite::Route;
+use crate::reply::{self, LocalReply};
+use crate::request::{self, Incoming, Peer};
 use crate::timing;
-use crate::trace;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 use std::cell::Cell;
@@ -270,161 +268,61 @@ impl HttpContext for Call {
             return Action::Continue;
         };
         count(self.counters.requests);
+        // What the request carries, in one read of its header map and one pass over it.
         self.start_nanos = host::now_nanos().unwrap_or(0);
         let headers = host::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let names = &plan.headers;
-
-        let mut path: &[u8] = b"";
-        let mut incoming_ids = 0u32;
-        let mut incoming_id: &[u8] = b"";
-        let mut start_times = 0u32;
-        let mut last_start_time: &[u8] = b"";
-        let mut gateway_probe = false;
-        let enforcer = self.enforcer.clone();
-        let mut method: &[u8] = b"";
-        let mut content_length = None;
-        let mut overrides: Vec<&[u8]> = Vec::new();
-        let tracing = plan.tracing.b3 || plan.tracing.w3c;
-        let mut trace_in = trace::Incoming::default();
-        for (name, value) in header_map::pairs(&headers) {
-            if name == b":path" {
-                path = value;
-            } else if name == names.call_id.as_bytes() {
-                incoming_ids += 1;
-                incoming_id = value;
-            } else if name == names.start_time.as_bytes() {
-                start_times += 1;
-                last_start_time = value;
-            } else if name == b"user-agent" {
-                gateway_probe = value == crate::gate::GATEWAY_PROBE_AGENT;
-            } else if tracing && trace_header(&mut trace_in, name, value) {
-                // recorded
-            } else if enforcer.is_some() {
-                if name == b":method" {
-                    method = value;
-                } else if name == b"content-length" {
-                    content_length = parse_content_length(value);
-                } else if METHOD_OVERRIDE_HEADERS.contains(&name) {
-                    overrides.push(value);
-                }
-            }
-        }
-        // The checks that need only the headers, made before the header map goes.
-        let header_checks = enforcer.as_ref().map(|e| {
-            (
-                e.policy().check_method(method, &overrides),
-                e.policy().check_length(content_length),
-            )
-        });
-
-        let keep_id = names.trust_incoming_call_id
-            && incoming_ids == 1
-            && call_id::is_safe_token(incoming_id);
-        let id_is_new = !keep_id;
-        // One read of the entropy source for everything random in this request: the call id
-        // (when it is new), and a trace id and span id (when tracing is on).
-        let mut entropy = [0u8; 40];
-        let needed = match (id_is_new, tracing) {
-            (true, true) => &mut entropy[..],
-            (true, false) => &mut entropy[..16],
-            (false, true) => &mut entropy[16..],
-            (false, false) => &mut entropy[..0],
-        };
-        if !needed.is_empty() {
-            if let Err(e) = host::random_bytes(needed) {
+        let incoming = Incoming::scan(&headers, &plan);
+        // One read of the entropy source for everything random: a new call id, a trace and span.
+        let mut random = [0u8; 40];
+        let entropy = random
+            .get_mut(..incoming.entropy_needed(&plan).len())
+            .unwrap_or_default();
+        if !entropy.is_empty() {
+            if let Err(e) = host::random_bytes(entropy) {
                 // Never fall back to guessable ids; say so and answer.
                 log::error!("no entropy for a call id or trace id ({e:?})");
-                self.call_id = String::new();
-                return self.answer(&plan, UNAVAILABLE);
+                return self.answer(&plan, reply::NO_ENTROPY);
             }
         }
-        let (id_bytes, rest) = entropy.split_at(16);
-        let (trace_bytes, span_bytes) = rest.split_at(16);
-        self.call_id = if keep_id {
-            String::from_utf8_lossy(incoming_id).into_owned()
-        } else {
-            call_id::uuid_v4(id_bytes.try_into().unwrap_or([0; 16]))
-        };
-        let trace_headers = tracing.then(|| {
-            let (context, _) = trace::child(
-                &trace_in,
-                trace_bytes.try_into().unwrap_or([0; 16]),
-                span_bytes.try_into().unwrap_or([0; 8]),
-            );
-            let mut writes =
-                context.headers(plan.tracing.w3c, plan.tracing.b3, trace_in.has_b3_multi());
-            // Removing a header the request does not have is a wasted host call.
-            writes.retain(|(name, value)| value.is_some() || trace_in.has(name));
-            writes
-        });
-
-        let mut route = plan.rewriter.route(path);
-        // A request the OpenFaaS gateway forwarded is routed already and carries the gateway's
-        // start time (the last one: the gateway appends its own to a caller's). The gateway
-        // stamps every call it forwards, so the peer is only asked when a start time came in.
-        let from_gateway =
-            start_times > 0 && plan.gateway_principal.as_deref().is_some_and(is_peer);
-        let start_time = if !from_gateway || start_times == 0 {
-            Some(self.start_nanos.to_string().into_bytes())
-        } else if start_times > 1 {
-            Some(last_start_time.to_vec())
-        } else {
-            None
-        };
-        if from_gateway {
-            route = Route::Unprefixed;
-        }
+        // The connection's identity, only when the policy or the gateway check needs it.
+        let identity = incoming
+            .needs_peer(&plan)
+            .then(|| enforcement::peer_of(&Abi, plan.policy.needs_peer()));
+        let peer = identity
+            .as_ref()
+            .map_or(Peer::default(), |(mtls, principal)| Peer {
+                mtls: *mtls,
+                principal: principal.as_deref(),
+            });
+        // The decision: route, call id, headers to write, the policy's header checks.
+        let decision = request::decide(&plan, &incoming, entropy, self.start_nanos, peer);
+        let (content_length, gateway_probe) = (incoming.content_length, incoming.gateway_probe);
+        drop(incoming);
         drop(headers);
-        match route {
-            Route::NotFound(reason) => {
-                count(self.counters.not_found);
-                log::debug!(
-                    "call {} for function {:?}: 404 {}",
-                    self.call_id,
-                    plan.function_or_empty(),
-                    reason.message()
-                );
-                return self.answer(
-                    &plan,
-                    LocalReply {
-                        status: 404,
-                        details: "faas_mesh_filter.function_not_found",
-                        error: reason.message(),
-                        retry_after: None,
-                        allow: None,
-                    },
-                );
-            }
-            Route::Rewrite(new_path) => {
-                count(self.counters.rewritten);
-                let _ = host::set_header(MapType::HttpRequestHeaders, ":path", &new_path);
-            }
-            Route::DotSegment => {
-                count(self.counters.not_found);
-                return self.answer(&plan, DOT_SEGMENT);
-            }
-            Route::Unprefixed => {}
+        self.call_id = decision.call_id;
+        if decision.rewritten {
+            count(self.counters.rewritten);
         }
-        if id_is_new {
-            let _ = host::set_header(
-                MapType::HttpRequestHeaders,
-                &names.call_id,
-                self.call_id.as_bytes(),
-            );
+        if decision.not_found {
+            count(self.counters.not_found);
         }
-        if let Some(start_time) = start_time {
-            let _ = host::set_header(MapType::HttpRequestHeaders, &names.start_time, &start_time);
+        if let Some(enforcer) = &self.enforcer {
+            for reason in &decision.denied {
+                enforcer.deny(*reason, &self.call_id, 0);
+            }
         }
-        for (name, value) in trace_headers.unwrap_or_default() {
+        if let Some(reply) = decision.reply {
+            return self.answer(&plan, reply);
+        }
+        for (name, value) in &decision.writes {
             let _ = match value {
-                Some(value) => {
-                    host::set_header(MapType::HttpRequestHeaders, name, value.as_bytes())
-                }
+                Some(value) => host::set_header(MapType::HttpRequestHeaders, name, value),
                 None => host::remove_header(MapType::HttpRequestHeaders, name),
             };
         }
-        if let (Some(enforcer), Some((method_check, length_check))) = (enforcer, header_checks) {
-            if let Some(reply) = self.enforce(&enforcer, method_check, length_check) {
+        // The checks that need the pod's shared counters: rate and in-flight.
+        if let Some(enforcer) = self.enforcer.clone() {
+            if let Some(reply) = self.admit(&enforcer, decision.denied.is_empty()) {
                 return self.answer(&plan, reply);
             }
             self.counting_body = enforcer.policy().counts_body(content_length) && !end_of_stream;
@@ -443,7 +341,7 @@ impl HttpContext for Call {
                     .as_ref()
                     .map_or(u64::MAX, |r| r.max_pending_bytes);
                 if content_length.is_some_and(|len| len > budget) {
-                    return self.answer(&plan, TOO_LARGE_TO_HOLD);
+                    return self.answer(&plan, reply::TOO_LARGE_TO_HOLD);
                 }
                 match gate.admit(self.context_id, &self.call_id, gateway_probe) {
                     Admission::Go => {}
@@ -594,111 +492,28 @@ impl HttpContext for Call {
     }
 }
 
-/// Whether the peer of this request's connection presented (under mTLS) this SPIFFE identity.
-fn is_peer(principal: &str) -> bool {
-    host::property(b"connection\0uri_san_peer_certificate")
-        .ok()
-        .flatten()
-        .is_some_and(|peer| peer == principal.as_bytes())
-}
-
-/// Records a trace header of the request in `incoming`; false if `name` is none. A header sent
-/// twice is recorded as unusable (empty).
-fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a [u8]) -> bool {
-    let slot = match name {
-        b"traceparent" => &mut incoming.traceparent,
-        b"b3" => &mut incoming.b3_single,
-        b"x-b3-traceid" => &mut incoming.b3_trace_id,
-        b"x-b3-spanid" => &mut incoming.b3_span_id,
-        b"x-b3-parentspanid" => &mut incoming.b3_parent_span_id,
-        b"x-b3-sampled" => &mut incoming.b3_sampled,
-        b"x-b3-flags" => &mut incoming.b3_flags,
-        _ => return false,
-    };
-    *slot = if slot.is_some() {
-        Some(b"")
-    } else {
-        Some(value)
-    };
-    true
-}
-
-/// A body larger than the pod may hold (`readiness.max_pending_bytes`) while it is not ready.
-const TOO_LARGE_TO_HOLD: LocalReply = LocalReply {
-    status: 413,
-    details: "faas_mesh_filter.too_large_to_hold",
-    error: "request body too large to hold while the function starts",
-    retry_after: None,
-    allow: None,
-};
-
-/// The pod holds `readiness.max_pending_bytes` of request bodies already.
-const BYTES_FULL: LocalReply = LocalReply {
-    status: 503,
-    details: "faas_mesh_filter.pending_bytes_full",
-    error: "too many request bytes waiting for the function to become ready",
-    retry_after: Some(1),
-    allow: None,
-};
-
-/// A rewritten path must not climb out of the function's own (`pathNormalization: NONE`).
-const DOT_SEGMENT: LocalReply = LocalReply {
-    status: 400,
-    details: "faas_mesh_filter.dot_segment",
-    error: "dot segment in path",
-    retry_after: None,
-    allow: None,
-};
-
-const UNAVAILABLE: LocalReply = LocalReply {
-    status: 503,
-    details: "faas_mesh_filter.no_entropy",
-    error: "call id could not be generated",
-    retry_after: None,
-    allow: None,
-};
-
 impl Call {
-    /// Runs the policy on a request's headers: the reply to send when a check denies it in
-    /// enforce mode. In audit mode denials are counted and logged and the request goes on.
-    fn enforce(
-        &mut self,
-        enforcer: &Enforcer<Abi>,
-        method_check: Result<(), Reason>,
-        length_check: Result<(), Reason>,
-    ) -> Option<LocalReply> {
+    /// Takes a rate-limit token and an in-flight slot from the pod's shared counters: the reply
+    /// to send when one is refused in enforce mode (audit mode counts and logs, and the request
+    /// goes on). `allowed_so_far`: no header check denied it (for the `allowed` stat).
+    fn admit(&mut self, enforcer: &Enforcer<Abi>, allowed_so_far: bool) -> Option<LocalReply> {
         let policy = enforcer.policy();
-        let mut denied = false;
-        let mut outcome = |check: Result<(), Reason>, retry_after: u64| -> Option<LocalReply> {
-            let reason = check.err()?;
-            denied = true;
-            enforcer.deny(reason, &self.call_id, retry_after)
-        };
-        if policy.needs_peer() {
-            let (mtls, peer) = enforcer.peer();
-            if let Some(reply) = outcome(policy.check_peer(mtls, peer.as_deref()), 0) {
-                return Some(reply);
-            }
-        }
-        if let Some(reply) = outcome(method_check, 0) {
-            return Some(reply.with_allow(&policy.allow));
-        }
-        if let Some(reply) = outcome(length_check, 0) {
-            return Some(reply);
-        }
+        let mut denied = !allowed_so_far;
         if policy.rate_limit.is_some() || policy.max_inflight.is_some() {
-            let now = host::now_nanos().unwrap_or(0) / 1_000_000;
-            let admission = enforcer.admit(now);
+            let admission = enforcer.admit(Abi.now_ms());
             if admission.slot == Some(true) {
                 self.inflight = true;
             }
-            let retry_after = admission.rate.err().map_or(1, |ms| ms.div_ceil(1000));
-            if let Some(reply) = outcome(admission.rate.map_err(|_| Reason::RateLimit), retry_after)
-            {
-                return Some(reply);
+            if let Err(ms) = admission.rate {
+                denied = true;
+                let retry_after = ms.div_ceil(1000);
+                if let Some(reply) = enforcer.deny(Reason::RateLimit, &self.call_id, retry_after) {
+                    return Some(reply);
+                }
             }
             if admission.slot == Some(false) {
-                if let Some(reply) = outcome(Err(Reason::Inflight), 1) {
+                denied = true;
+                if let Some(reply) = enforcer.deny(Reason::Inflight, &self.call_id, 1) {
                     return Some(reply);
                 }
             }
@@ -753,13 +568,13 @@ impl Call {
                 self.held_bytes += extra;
                 None
             }
-            Some(Err(body_budget::Verdict::TooLarge)) => Some(TOO_LARGE_TO_HOLD),
+            Some(Err(body_budget::Verdict::TooLarge)) => Some(reply::TOO_LARGE_TO_HOLD),
             Some(Err(_)) => {
                 log::warn!(
                     "call {}: the pod already holds {max} bytes of request bodies; answered 503",
                     self.call_id
                 );
-                Some(BYTES_FULL)
+                Some(reply::BYTES_FULL)
             }
             // Shared data unusable: hold rather than refuse (Envoy's buffer limit still bounds it).
             None => None,

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod reply;
+pub mod request;
 pub mod rewrite;
 pub mod strict_json;
 pub mod timing;

@@ -7,7 +7,6 @@
 //! connection (the mTLS peer certificate), never from a request header.
 
 use crate::config::{PolicyMode, PolicyRules, RateLimit};
-use crate::reply::LocalReply;
 
 /// Why a request is (or, in audit mode, would be) denied. The tag names the stat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,42 +43,6 @@ impl Reason {
             Reason::BodySize => "body_size",
             Reason::RateLimit => "rate_limit",
             Reason::Inflight => "inflight",
-        }
-    }
-
-    /// The reply a caller gets in enforce mode. `retry_after` is used by the 429s.
-    pub fn reply(self, retry_after: u64) -> LocalReply {
-        let (status, details, error) = match self {
-            Reason::Mtls => (403, "faas_mesh_filter.mtls_required", "mutual TLS required"),
-            Reason::Principal => (
-                403,
-                "faas_mesh_filter.principal_denied",
-                "caller not allowed",
-            ),
-            Reason::Method => (
-                405,
-                "faas_mesh_filter.method_not_allowed",
-                "method not allowed",
-            ),
-            Reason::BodySize => (
-                413,
-                "faas_mesh_filter.body_too_large",
-                "request body too large",
-            ),
-            Reason::RateLimit => (429, "faas_mesh_filter.rate_limited", "rate limit exceeded"),
-            Reason::Inflight => (
-                429,
-                "faas_mesh_filter.too_many_inflight",
-                "too many requests in flight",
-            ),
-        };
-        LocalReply {
-            status,
-            details,
-            error,
-            retry_after: matches!(self, Reason::RateLimit | Reason::Inflight)
-                .then_some(retry_after.max(1)),
-            allow: None,
         }
     }
 }
@@ -579,7 +542,7 @@ mod tests {
         );
         assert_eq!(p.check_method(b"POST", &[b"DELETE"]), Err(Reason::Method));
         assert_eq!(p.check_method(b"POST", &[b" GET "]), Ok(()));
-        let reply = Reason::Method.reply(0);
+        let reply = crate::reply::denied(Reason::Method, 0, "GET");
         assert_eq!((reply.status, reply.retry_after), (405, None));
     }
 
@@ -627,7 +590,10 @@ mod tests {
         let b = b.take(&limit, 100_000).unwrap();
         assert_eq!(b.milli_tokens, 1000);
         assert_eq!(Bucket::decode(Some(&b.encode()), &limit, 0), b);
-        assert_eq!(Reason::RateLimit.reply(0).retry_after, Some(1));
+        assert_eq!(
+            crate::reply::denied(Reason::RateLimit, 0, "").retry_after,
+            Some(1)
+        );
     }
 
     const ME: u64 = 0xa1;

@@ -17,7 +17,7 @@ use crate::gate::{
 };
 use crate::host;
 use crate::metrics;
-use crate::reply::LocalReply;
+use crate::reply::{self, LocalReply};
 use proxy_wasm::types::{MapType, MetricType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -551,25 +551,13 @@ impl Gate {
             now.saturating_sub(held.since_ms)
         );
         record(self.metrics.held_ms, now.saturating_sub(held.since_ms));
-        let reply = LocalReply {
-            status: 503,
-            details: "faas_mesh_filter.not_ready",
-            error: "function not ready",
-            retry_after: Some(gate::retry_after_seconds(self.settings.retry_interval_ms)),
-            allow: None,
-        };
+        let reply = reply::not_ready(gate::retry_after_seconds(self.settings.retry_interval_ms));
         self.send(held.context_id, &reply, &held.payload.call_id);
     }
 
     /// The 503 for a request that finds `max_pending` requests already held.
     pub fn queue_full_reply(&self) -> LocalReply {
-        LocalReply {
-            status: 503,
-            details: "faas_mesh_filter.pending_full",
-            error: "too many requests waiting for the function to become ready",
-            retry_after: Some(gate::retry_after_seconds(self.settings.retry_interval_ms)),
-            allow: None,
-        }
+        reply::pending_full(gate::retry_after_seconds(self.settings.retry_interval_ms))
     }
 
     fn send(&self, context_id: u32, reply: &LocalReply, call_id: &str) {

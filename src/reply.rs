@@ -1,4 +1,4 @@
-//! The filter's own replies: status, a small JSON body and the headers every local reply
+//! Every reply the filter makes: status, a small JSON body and the headers every local reply
 //! carries, so a caller can tell them from the function's answers.
 
 /// `X-OpenFaaS-Internal` marks a reply made by the platform, not the function.
@@ -65,6 +65,113 @@ impl LocalReply {
         crate::header_map::serialize(&pairs)
     }
 }
+
+/// A path naming no function this pod serves.
+pub fn not_found(reason: crate::rewrite::NotFound) -> LocalReply {
+    LocalReply {
+        status: 404,
+        details: "faas_mesh_filter.function_not_found",
+        error: reason.message(),
+        retry_after: None,
+        allow: None,
+    }
+}
+
+/// A rewritten path must not climb out of the function's own (`pathNormalization: NONE`).
+pub const DOT_SEGMENT: LocalReply = LocalReply {
+    status: 400,
+    details: "faas_mesh_filter.dot_segment",
+    error: "dot segment in path",
+    retry_after: None,
+    allow: None,
+};
+
+/// The policy's answer in enforce mode. `retry_after` (seconds) is used by the 429s; `allow`
+/// is the 405's `Allow`.
+pub fn denied(reason: crate::policy::Reason, retry_after: u64, allow: &str) -> LocalReply {
+    use crate::policy::Reason;
+    let (status, details, error) = match reason {
+        Reason::Mtls => (403, "faas_mesh_filter.mtls_required", "mutual TLS required"),
+        Reason::Principal => (
+            403,
+            "faas_mesh_filter.principal_denied",
+            "caller not allowed",
+        ),
+        Reason::Method => (
+            405,
+            "faas_mesh_filter.method_not_allowed",
+            "method not allowed",
+        ),
+        Reason::BodySize => (
+            413,
+            "faas_mesh_filter.body_too_large",
+            "request body too large",
+        ),
+        Reason::RateLimit => (429, "faas_mesh_filter.rate_limited", "rate limit exceeded"),
+        Reason::Inflight => (
+            429,
+            "faas_mesh_filter.too_many_inflight",
+            "too many requests in flight",
+        ),
+    };
+    LocalReply {
+        status,
+        details,
+        error,
+        retry_after: matches!(reason, Reason::RateLimit | Reason::Inflight)
+            .then_some(retry_after.max(1)),
+        allow: (reason == Reason::Method).then(|| allow.to_string()),
+    }
+}
+
+/// Held for `readiness.max_wait_ms` without the function becoming ready.
+pub fn not_ready(retry_after: u64) -> LocalReply {
+    LocalReply {
+        status: 503,
+        details: "faas_mesh_filter.not_ready",
+        error: "function not ready",
+        retry_after: Some(retry_after),
+        allow: None,
+    }
+}
+
+/// `readiness.max_pending` requests already held in the pod.
+pub fn pending_full(retry_after: u64) -> LocalReply {
+    LocalReply {
+        status: 503,
+        details: "faas_mesh_filter.pending_full",
+        error: "too many requests waiting for the function to become ready",
+        retry_after: Some(retry_after),
+        allow: None,
+    }
+}
+
+/// A body larger than the pod may hold (`readiness.max_pending_bytes`) while it is not ready.
+pub const TOO_LARGE_TO_HOLD: LocalReply = LocalReply {
+    status: 413,
+    details: "faas_mesh_filter.too_large_to_hold",
+    error: "request body too large to hold while the function starts",
+    retry_after: None,
+    allow: None,
+};
+
+/// The pod holds `readiness.max_pending_bytes` of request bodies already.
+pub const BYTES_FULL: LocalReply = LocalReply {
+    status: 503,
+    details: "faas_mesh_filter.pending_bytes_full",
+    error: "too many request bytes waiting for the function to become ready",
+    retry_after: Some(1),
+    allow: None,
+};
+
+/// The host gave no entropy: no guessable call id is ever made up instead.
+pub const NO_ENTROPY: LocalReply = LocalReply {
+    status: 503,
+    details: "faas_mesh_filter.no_entropy",
+    error: "call id could not be generated",
+    retry_after: None,
+    allow: None,
+};
 
 /// Appends `s` as the inside of a JSON string.
 fn json_escape(s: &str, out: &mut Vec<u8>) {

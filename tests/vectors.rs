@@ -337,3 +337,81 @@ fn a_configuration_over_the_size_limit_is_refused_and_one_under_it_loads() {
     assert_eq!(config.policy.functions.len(), 1);
     assert_eq!(config.policy.functions["fn-7"].max_inflight, Some(8));
 }
+
+#[test]
+fn request_vectors() {
+    use faas_mesh_filter::request::{decide, Incoming, Peer};
+    let v = vectors("request.json");
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 15);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let config = Config::parse(case["config"].to_string().as_bytes()).expect(name);
+        let pod = PodInfo {
+            label_value: Some("env".into()),
+            namespace: Some("openfaas-fn".into()),
+        };
+        let plan = Plan::compile(&config, &pod).expect(name);
+        let pairs: Vec<(String, String)> = case["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let map = faas_mesh_filter::header_map::serialize(&refs);
+        let incoming = Incoming::scan(&map, &plan);
+        let entropy = vec![0x5a; incoming.entropy_needed(&plan).len()];
+        let principal = case["peer"]["principal"].as_str().map(str::as_bytes);
+        let peer = Peer {
+            mtls: case["peer"]["mtls"].as_bool().unwrap_or(false),
+            principal,
+        };
+        let d = decide(&plan, &incoming, &entropy, 1_700_000_000_000_000_000, peer);
+        let expect = &case["expect"];
+        assert_eq!(
+            d.reply.as_ref().map(|r| u64::from(r.status)),
+            expect["status"].as_u64(),
+            "{name}: status"
+        );
+        if let Some(allow) = expect["allow"].as_str() {
+            assert_eq!(
+                d.reply.as_ref().and_then(|r| r.allow.as_deref()),
+                Some(allow),
+                "{name}"
+            );
+        }
+        if let Some(id) = expect["call_id"].as_str() {
+            assert_eq!(d.call_id, id, "{name}");
+        }
+        let want = expect["writes"].as_array().expect("writes");
+        assert_eq!(d.writes.len(), want.len(), "{name}: writes {:?}", d.writes);
+        for ((got_name, got_value), w) in d.writes.iter().zip(want) {
+            assert_eq!(*got_name, w[0].as_str().unwrap(), "{name}");
+            let got = got_value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            match w[1].as_str() {
+                None => assert_eq!(got, None, "{name}: {got_name}"),
+                Some("<uuid>") => {
+                    let id = got.expect("a call id");
+                    assert_eq!(id, d.call_id, "{name}: the header carries the decided id");
+                    assert_eq!(id.len(), 36, "{name}");
+                }
+                Some("<trace>") => assert!(got.is_some_and(|v| !v.is_empty()), "{name}"),
+                Some(value) => assert_eq!(got.as_deref(), Some(value), "{name}: {got_name}"),
+            }
+        }
+        let denied: Vec<&str> = d.denied.iter().map(|r| r.tag()).collect();
+        let want_denied: Vec<&str> = expect["denied"]
+            .as_array()
+            .expect("denied")
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(denied, want_denied, "{name}");
+    }
+}
