@@ -38,7 +38,7 @@ proxy_wasm::main! {{
 
 struct Root {
     plan: Option<Rc<Plan>>,
-    gate: Option<Rc<Gate>>,
+    gate: Option<Rc<Gate<Abi>>>,
     /// Present when the local function's policy has rules and is not `off`.
     enforcer: Option<Rc<Enforcer<Abi>>>,
     counters: Counters,
@@ -100,6 +100,7 @@ impl RootContext for Root {
                 );
                 self.gate = plan.readiness.as_ref().map(|settings| {
                     Gate::new(
+                        Abi,
                         settings.clone(),
                         plan.function_or_empty(),
                         &plan.headers.call_id,
@@ -201,7 +202,7 @@ fn pod_info(label: &str) -> PodInfo {
 /// One HTTP request through the filter.
 struct Call {
     plan: Option<Rc<Plan>>,
-    gate: Option<Rc<Gate>>,
+    gate: Option<Rc<Gate<Abi>>>,
     enforcer: Option<Rc<Enforcer<Abi>>>,
     counters: Counters,
     context_id: u32,

@@ -43,5 +43,4 @@ pub mod enforcement;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 pub mod host;
-#[cfg(target_arch = "wasm32")]
-mod readiness;
+pub mod readiness;

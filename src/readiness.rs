@@ -15,7 +15,7 @@ use crate::gate::{
     self, decode_number, probe_says_ready, Held, PodState, Waiting, LEASE_KEY, PENDING_KEY,
     STATE_KEY,
 };
-use crate::host;
+use crate::host::Host;
 use crate::metrics;
 use crate::reply::{self, LocalReply};
 use proxy_wasm::types::{MapType, MetricType};
@@ -70,9 +70,11 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define(function: &str) -> Metrics {
-        let define =
-            |kind, metric: &str| host::define_metric(kind, &metrics::name(function, metric)).ok();
+    fn define<H: Host>(host: &H, function: &str) -> Metrics {
+        let define = |kind, metric: &str| {
+            host.define_metric(kind, &metrics::name(function, metric))
+                .ok()
+        };
         let counter = |metric: &str| define(MetricType::Counter, metric);
         Metrics {
             held: counter("readiness.held"),
@@ -89,26 +91,26 @@ impl Metrics {
     }
 }
 
-fn add(metric: Option<u32>, by: usize) {
+fn add<H: Host>(host: &H, metric: Option<u32>, by: usize) {
     if let (Some(id), Ok(by)) = (metric, i64::try_from(by)) {
         if by != 0 {
-            let _ = host::increment_metric(id, by);
+            let _ = host.increment_metric(id, by);
         }
     }
 }
 
 /// Moves a gauge by `delta` (atomic in Envoy, so concurrent workers cannot leave it stale).
-fn adjust(metric: Option<u32>, delta: i64) {
+fn adjust<H: Host>(host: &H, metric: Option<u32>, delta: i64) {
     if let Some(id) = metric {
         if delta != 0 {
-            let _ = host::increment_metric(id, delta);
+            let _ = host.increment_metric(id, delta);
         }
     }
 }
 
-fn record(metric: Option<u32>, value: u64) {
+fn record<H: Host>(host: &H, metric: Option<u32>, value: u64) {
     if let Some(id) = metric {
-        let _ = host::record_metric(id, value);
+        let _ = host.record_metric(id, value);
     }
 }
 
@@ -125,7 +127,8 @@ struct Probe {
 }
 
 /// The gate of one worker (one per root context).
-pub struct Gate {
+pub struct Gate<H: Host> {
+    host: H,
     settings: ReadinessSection,
     /// This worker's view of the pod state; the request path reads only `ready`.
     ready: Cell<bool>,
@@ -148,13 +151,16 @@ pub struct Gate {
     call_id_header: String,
 }
 
-pub fn now_ms() -> u64 {
-    host::now_nanos().unwrap_or(0) / 1_000_000
-}
-
-impl Gate {
-    pub fn new(settings: ReadinessSection, function: &str, call_id_header: &str) -> Rc<Gate> {
+impl<H: Host> Gate<H> {
+    pub fn new(
+        host: H,
+        settings: ReadinessSection,
+        function: &str,
+        call_id_header: &str,
+    ) -> Rc<Gate<H>> {
+        let metrics = Metrics::define(&host, function);
         let gate = Gate {
+            host,
             settings,
             ready: Cell::new(false),
             generation: Cell::new(0),
@@ -164,13 +170,14 @@ impl Gate {
             verify: Cell::new(false),
             tick: Cell::new(0),
             dispatch_failing: Cell::new(false),
-            metrics: Metrics::define(function),
+            metrics,
             function: function.to_string(),
             call_id_header: call_id_header.to_string(),
         };
-        host::create_shared_data(STATE_KEY, &PodState::default().encode());
-        host::create_shared_data(LEASE_KEY, b"0");
-        host::create_shared_data(PENDING_KEY, b"0");
+        gate.host
+            .create_shared_data(STATE_KEY, &PodState::default().encode());
+        gate.host.create_shared_data(LEASE_KEY, b"0");
+        gate.host.create_shared_data(PENDING_KEY, b"0");
         // A reconfigured plugin starts from what the pod already knows.
         gate.adopt(gate.read_state());
         Rc::new(gate)
@@ -194,7 +201,9 @@ impl Gate {
     fn retick(&self) {
         let want = self.tick_ms();
         if self.tick.replace(want) != want {
-            let _ = host::set_tick_period_ms(u32::try_from(want).unwrap_or(50));
+            let _ = self
+                .host
+                .set_tick_period_ms(u32::try_from(want).unwrap_or(50));
         }
     }
 
@@ -225,7 +234,7 @@ impl Gate {
             return Admission::Go;
         }
         if !self.reserve_slot() {
-            add(self.metrics.rejected_queue_full, 1);
+            add(&self.host, self.metrics.rejected_queue_full, 1);
             log::warn!(
                 "call {call_id} for function {:?}: {} requests already held; answered 503",
                 self.function,
@@ -237,7 +246,7 @@ impl Gate {
         let max_wait = self.settings.max_wait_ms;
         self.waiting.borrow_mut().hold(
             context_id,
-            now_ms(),
+            self.host.now_ms(),
             if gateway_probe {
                 gate::gateway_probe_wait_ms(max_wait)
             } else {
@@ -248,7 +257,7 @@ impl Gate {
                 state: state.clone(),
             },
         );
-        add(self.metrics.held, 1);
+        add(&self.host, self.metrics.held, 1);
         // The probe goes out from the root context within a (now fast) tick, never from this
         // request's context.
         self.retick();
@@ -259,7 +268,7 @@ impl Gate {
     pub fn forget(&self, context_id: u32) {
         let removed = self.waiting.borrow_mut().remove(context_id);
         if removed.is_some() {
-            add(self.metrics.abandoned, 1);
+            add(&self.host, self.metrics.abandoned, 1);
             self.release_slots(1);
             self.retick();
         }
@@ -284,16 +293,18 @@ impl Gate {
 
     /// Puts the gate back to holding, unless the pod state moved on since generation `known`.
     fn rearm(&self, known: u64, why: &str) {
-        let outcome = host::update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
-            let current = PodState::decode(value);
-            if current.generation != known || !current.ready {
-                // Somebody already said so, or the function came back since.
-                (None, (current, false))
-            } else {
-                let next = current.next(false);
-                (Some(next.encode()), (next, true))
-            }
-        });
+        let outcome = self
+            .host
+            .update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
+                let current = PodState::decode(value);
+                if current.generation != known || !current.ready {
+                    // Somebody already said so, or the function came back since.
+                    (None, (current, false))
+                } else {
+                    let next = current.next(false);
+                    (Some(next.encode()), (next, true))
+                }
+            });
         if let Some((state, wrote)) = outcome {
             if wrote {
                 log::info!(
@@ -308,7 +319,7 @@ impl Gate {
 
     /// Root context tick: learn from other workers, answer requests held too long, probe.
     pub fn on_tick(&self) {
-        let now = now_ms();
+        let now = self.host.now_ms();
         self.adopt(self.read_state());
         if self.is_ready() {
             self.release_all(now);
@@ -324,7 +335,7 @@ impl Gate {
             for held in &expired {
                 self.answer_not_ready(held, now);
             }
-            add(self.metrics.timed_out, expired.len());
+            add(&self.host, self.metrics.timed_out, expired.len());
             self.release_slots(expired.len());
         }
         self.expire_probe(now);
@@ -338,7 +349,7 @@ impl Gate {
                 // The host never answered (a call to a cluster with no endpoint can queue
                 // without firing its timeout): count it failed and try again.
                 self.probe.set(None);
-                add(self.metrics.probes_failed, 1);
+                add(&self.host, self.metrics.probes_failed, 1);
             }
         }
     }
@@ -350,11 +361,13 @@ impl Gate {
             _ => return,
         };
         self.probe.set(None);
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status")
+        let status = self
+            .host
+            .header(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-        let now = now_ms();
+        let now = self.host.now_ms();
         if gate::path_missing(status) && !self.fell_back.get() {
             if let Some(fallback) = gate::fallback_path(&self.settings.path) {
                 log::info!(
@@ -364,7 +377,7 @@ impl Gate {
                     self.settings.path
                 );
                 self.fell_back.set(true);
-                let _ = host::set_shared_data(LEASE_KEY, b"0", 0);
+                let _ = self.host.set_shared_data(LEASE_KEY, b"0", 0);
                 self.maybe_probe(now);
                 self.retick();
                 return;
@@ -380,11 +393,13 @@ impl Gate {
             } else {
                 0
             };
-            let _ = host::set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
+            let _ = self
+                .host
+                .set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
             self.publish_ready();
             self.release_all(now);
         } else {
-            add(self.metrics.probes_failed, 1);
+            add(&self.host, self.metrics.probes_failed, 1);
             if probe.verify {
                 self.rearm(
                     probe.generation,
@@ -397,7 +412,9 @@ impl Gate {
                 self.probe_path()
             );
             let next = now.saturating_add(interval);
-            let _ = host::set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
+            let _ = self
+                .host
+                .set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
         }
         self.retick();
     }
@@ -406,7 +423,7 @@ impl Gate {
     /// in the pod (they wait for it), `retry_interval_ms` otherwise.
     fn interval_ms(&self) -> u64 {
         let retry = self.settings.retry_interval_ms;
-        let pending = match host::shared_data(PENDING_KEY) {
+        let pending = match self.host.shared_data(PENDING_KEY) {
             Ok((value, _)) => decode_number(value.as_deref()),
             Err(_) => self.waiting.borrow().len() as u64,
         };
@@ -418,7 +435,7 @@ impl Gate {
     }
 
     fn read_state(&self) -> PodState {
-        match host::shared_data(STATE_KEY) {
+        match self.host.shared_data(STATE_KEY) {
             Ok((value, _)) => PodState::decode(value.as_deref()),
             // Keep what we knew.
             Err(_) => PodState {
@@ -437,7 +454,7 @@ impl Gate {
         }
         self.generation.set(state.generation);
         self.ready.set(state.ready);
-        record(self.metrics.ready, u64::from(state.ready));
+        record(&self.host, self.metrics.ready, u64::from(state.ready));
         if !state.ready {
             // Nothing to check any more: the gate holds again.
             self.verify.set(false);
@@ -446,15 +463,17 @@ impl Gate {
     }
 
     fn publish_ready(&self) {
-        let outcome = host::update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
-            let current = PodState::decode(value);
-            if current.ready {
-                (None, (current, false))
-            } else {
-                let next = current.next(true);
-                (Some(next.encode()), (next, true))
-            }
-        });
+        let outcome = self
+            .host
+            .update_shared_data(STATE_KEY, CAS_ROUNDS, |value| {
+                let current = PodState::decode(value);
+                if current.ready {
+                    (None, (current, false))
+                } else {
+                    let next = current.next(true);
+                    (Some(next.encode()), (next, true))
+                }
+            });
         match outcome {
             Some((state, wrote)) => {
                 if wrote {
@@ -477,7 +496,7 @@ impl Gate {
         if self.probe.get().is_some() {
             return;
         }
-        let Ok((value, cas)) = host::shared_data(LEASE_KEY) else {
+        let Ok((value, cas)) = self.host.shared_data(LEASE_KEY) else {
             return;
         };
         if now < decode_number(value.as_deref()) {
@@ -488,11 +507,18 @@ impl Gate {
         let until = now
             .saturating_add(s.probe_timeout_ms)
             .saturating_add(s.retry_interval_ms);
-        if host::set_shared_data(LEASE_KEY, until.to_string().as_bytes(), cas) != Ok(true) {
+        if self
+            .host
+            .set_shared_data(LEASE_KEY, until.to_string().as_bytes(), cas)
+            != Ok(true)
+        {
             return; // another worker took it
         }
         let path = self.probe_path();
-        match host::dispatch_get(&s.cluster, &s.authority, path, s.probe_timeout_ms) {
+        match self
+            .host
+            .dispatch_get(&s.cluster, &s.authority, path, s.probe_timeout_ms)
+        {
             Ok(token) => {
                 self.dispatch_failing.set(false);
                 let verify = self.is_ready();
@@ -505,10 +531,10 @@ impl Gate {
                 if verify {
                     self.verify.set(false);
                 }
-                add(self.metrics.probes_sent, 1);
+                add(&self.host, self.metrics.probes_sent, 1);
             }
             Err(e) => {
-                add(self.metrics.probes_failed, 1);
+                add(&self.host, self.metrics.probes_failed, 1);
                 if !self.dispatch_failing.replace(true) {
                     log::error!(
                         "readiness: cannot probe {path} on cluster {:?} ({e:?}); is \
@@ -518,7 +544,9 @@ impl Gate {
                     );
                 }
                 let next = now.saturating_add(s.retry_interval_ms);
-                let _ = host::set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
+                let _ = self
+                    .host
+                    .set_shared_data(LEASE_KEY, next.to_string().as_bytes(), 0);
             }
         }
     }
@@ -533,12 +561,16 @@ impl Gate {
         for h in &held {
             let reading_body = h.payload.state.get() == HoldState::HeldReadingBody;
             h.payload.state.set(HoldState::Released);
-            record(self.metrics.held_ms, now.saturating_sub(h.since_ms));
-            if !reading_body && host::set_effective_context(h.context_id).is_ok() {
-                let _ = host::resume_request();
+            record(
+                &self.host,
+                self.metrics.held_ms,
+                now.saturating_sub(h.since_ms),
+            );
+            if !reading_body && self.host.set_effective_context(h.context_id).is_ok() {
+                let _ = self.host.resume_request();
             }
         }
-        add(self.metrics.released, held.len());
+        add(&self.host, self.metrics.released, held.len());
         self.release_slots(held.len());
     }
 
@@ -550,7 +582,11 @@ impl Gate {
             self.function,
             now.saturating_sub(held.since_ms)
         );
-        record(self.metrics.held_ms, now.saturating_sub(held.since_ms));
+        record(
+            &self.host,
+            self.metrics.held_ms,
+            now.saturating_sub(held.since_ms),
+        );
         let reply = reply::not_ready(gate::retry_after_seconds(self.settings.retry_interval_ms));
         self.send(held.context_id, &reply, &held.payload.call_id);
     }
@@ -561,12 +597,15 @@ impl Gate {
     }
 
     fn send(&self, context_id: u32, reply: &LocalReply, call_id: &str) {
-        if host::set_effective_context(context_id).is_err() {
+        if self.host.set_effective_context(context_id).is_err() {
             return;
         }
         let body = reply.body(&self.function, call_id);
         let headers = reply.headers(&self.call_id_header, call_id);
-        if let Err(e) = host::send_local_response(reply.status, reply.details, &body, &headers) {
+        if let Err(e) = self
+            .host
+            .send_local_response(reply.status, reply.details, &body, &headers)
+        {
             log::warn!("call {call_id}: local reply failed ({e:?})");
         }
     }
@@ -574,21 +613,23 @@ impl Gate {
     /// Counts a request into the pod-wide held total, unless it is at `max_pending`.
     fn reserve_slot(&self) -> bool {
         let max = self.settings.max_pending;
-        let reserved = host::update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
-            let pending = decode_number(value);
-            if pending >= max {
-                (None, false)
-            } else {
-                (
-                    Some(pending.saturating_add(1).to_string().into_bytes()),
-                    true,
-                )
-            }
-        });
+        let reserved = self
+            .host
+            .update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
+                let pending = decode_number(value);
+                if pending >= max {
+                    (None, false)
+                } else {
+                    (
+                        Some(pending.saturating_add(1).to_string().into_bytes()),
+                        true,
+                    )
+                }
+            });
         match reserved {
             Some(true) => {
                 // The gauge moves by the change, not to the value: workers' updates commute.
-                adjust(self.metrics.pending, 1);
+                adjust(&self.host, self.metrics.pending, 1);
                 true
             }
             Some(false) => false,
@@ -599,13 +640,201 @@ impl Gate {
 
     fn release_slots(&self, n: usize) {
         let n = n as u64;
-        let released = host::update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
-            let current = decode_number(value);
-            let next = current.saturating_sub(n);
-            (Some(next.to_string().into_bytes()), current - next)
-        });
+        let released = self
+            .host
+            .update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
+                let current = decode_number(value);
+                let next = current.saturating_sub(n);
+                (Some(next.to_string().into_bytes()), current - next)
+            });
         if let Some(released) = released {
-            adjust(self.metrics.pending, -i64::try_from(released).unwrap_or(0));
+            adjust(
+                &self.host,
+                self.metrics.pending,
+                -i64::try_from(released).unwrap_or(0),
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::host::fake::{Fake, Pod};
+
+    const CLUSTER: &str = "faas_function_local";
+
+    fn settings(json: &str) -> ReadinessSection {
+        Config::parse(json.as_bytes()).unwrap().readiness
+    }
+
+    /// One worker: its VM and its gate.
+    type Worker = (Fake, Rc<Gate<Fake>>);
+
+    /// A pod with two workers' gates.
+    fn pod(json: &str) -> (Pod, [Worker; 2]) {
+        let pod = Pod::new();
+        pod.add_cluster(CLUSTER);
+        let worker = || {
+            let vm = pod.worker();
+            let gate = Gate::new(vm.clone(), settings(json), "env", "x-call-id");
+            (vm, gate)
+        };
+        let workers = [worker(), worker()];
+        (pod, workers)
+    }
+
+    fn held(admission: Admission) -> Rc<Cell<HoldState>> {
+        match admission {
+            Admission::Held(state) => state,
+            _ => panic!("expected the request to be held"),
+        }
+    }
+
+    /// Answers every probe `vm` has in flight with `status`.
+    fn answer(vm: &Fake, gate: &Gate<Fake>, status: &str) {
+        vm.answer_with(&[(":status", status)]);
+        for (token, _) in vm.dispatched() {
+            gate.on_probe_answer(token);
+        }
+    }
+
+    #[test]
+    fn one_probe_per_pod_and_readiness_reaches_the_other_worker() {
+        let (pod, [(a, ga), (b, gb)]) = pod("{}");
+        let held_a = held(ga.admit(1, "id-a", false));
+        let held_b = held(gb.admit(7, "id-b", false));
+        // No probe from a request's context: the root contexts' ticks send it.
+        assert!(a.dispatched().is_empty() && b.dispatched().is_empty());
+        ga.on_tick();
+        gb.on_tick();
+        let probes = a.dispatched().len() + b.dispatched().len();
+        assert_eq!(probes, 1, "one probe in flight in the pod (the lease)");
+        let (prober, gate, other, other_gate) = if a.dispatched().is_empty() {
+            (&b, &gb, &a, &ga)
+        } else {
+            (&a, &ga, &b, &gb)
+        };
+        assert_eq!(prober.dispatched()[0].1, "/_/ready");
+        answer(prober, gate, "200");
+        assert!(gate.is_ready());
+        // The other worker learns it from shared data on its next tick and releases its own.
+        pod.advance_ms(5);
+        other_gate.on_tick();
+        assert!(other_gate.is_ready());
+        assert_eq!(a.resumed(), [1]);
+        assert_eq!(b.resumed(), [7]);
+        assert_eq!(held_a.get(), HoldState::Released);
+        assert_eq!(held_b.get(), HoldState::Released);
+        assert!(other.sent().is_empty() && prober.sent().is_empty());
+        assert_eq!(
+            pod.metric("faas_mesh_filter.function.env.readiness.pending"),
+            0
+        );
+        // Once ready, a request is not held.
+        assert!(matches!(ga.admit(2, "id", false), Admission::Go));
+    }
+
+    #[test]
+    fn max_pending_holds_across_workers() {
+        let (pod, [(_, ga), (_, gb)]) = pod(r#"{"readiness":{"max_pending":3}}"#);
+        held(ga.admit(1, "1", false));
+        held(gb.admit(2, "2", false));
+        held(ga.admit(3, "3", false));
+        assert!(matches!(gb.admit(4, "4", false), Admission::QueueFull));
+        assert!(matches!(ga.admit(5, "5", false), Admission::QueueFull));
+        // A client that hangs up gives its place back.
+        gb.forget(2);
+        held(gb.admit(6, "6", false));
+        assert_eq!(
+            pod.metric("faas_mesh_filter.function.env.readiness.pending"),
+            3
+        );
+    }
+
+    #[test]
+    fn a_request_held_too_long_gets_503_with_its_call_id() {
+        let (pod, [(a, ga), _]) = pod(r#"{"readiness":{"max_wait_ms":1000}}"#);
+        let state = held(ga.admit(9, "call-9", false));
+        pod.advance_ms(1001);
+        ga.on_tick();
+        assert_eq!(state.get(), HoldState::Answered);
+        let sent = a.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].context_id, sent[0].status), (9, 503));
+        assert!(sent[0]
+            .headers
+            .contains(&("x-call-id".to_string(), "call-9".to_string())));
+        assert!(String::from_utf8_lossy(&sent[0].body).contains("function not ready"));
+        assert_eq!(
+            pod.metric("faas_mesh_filter.function.env.readiness.pending"),
+            0
+        );
+    }
+
+    #[test]
+    fn the_probe_belongs_to_the_pod_not_to_a_client_that_hangs_up() {
+        let (pod, [(a, ga), _]) = pod("{}");
+        held(ga.admit(1, "1", false));
+        held(ga.admit(2, "2", false));
+        ga.on_tick();
+        let token = a.dispatched()[0].0;
+        ga.forget(1); // the client whose arrival started the probing hangs up
+        a.answer_with(&[(":status", "200")]);
+        ga.on_probe_answer(token);
+        assert!(ga.is_ready());
+        assert_eq!(a.resumed(), [2]);
+        assert_eq!(
+            pod.metric("faas_mesh_filter.function.env.readiness.abandoned"),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failed_probe_is_retried_and_a_server_without_ready_is_probed_on_health() {
+        let (pod, [(a, ga), _]) = pod("{}");
+        held(ga.admit(1, "1", false));
+        ga.on_tick();
+        answer(&a, &ga, "404"); // no /_/ready here: the classic watchdog, a custom server
+        assert!(!ga.is_ready());
+        let paths: Vec<String> = a.dispatched().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(paths.last().map(String::as_str), Some("/_/health"));
+        let (token, _) = a.dispatched().pop().unwrap();
+        a.answer_with(&[(":status", "503")]);
+        ga.on_probe_answer(token);
+        assert!(!ga.is_ready());
+        let sent_before = a.dispatched().len();
+        ga.on_tick();
+        assert_eq!(
+            a.dispatched().len(),
+            sent_before,
+            "not before the retry interval"
+        );
+        pod.advance_ms(200);
+        ga.on_tick();
+        assert_eq!(a.dispatched().len(), sent_before + 1);
+        let (token, path) = a.dispatched().pop().unwrap();
+        assert_eq!(path, "/_/health");
+        a.answer_with(&[(":status", "200")]);
+        ga.on_probe_answer(token);
+        assert!(ga.is_ready());
+        assert_eq!(a.resumed(), [1]);
+    }
+
+    #[test]
+    fn a_lost_connection_rearms_every_worker() {
+        let (pod, [(a, ga), (_, gb)]) = pod("{}");
+        ga.on_tick();
+        answer(&a, &ga, "200");
+        pod.advance_ms(5);
+        gb.on_tick();
+        assert!(ga.is_ready() && gb.is_ready());
+        gb.upstream_gone();
+        assert!(!gb.is_ready());
+        pod.advance_ms(5);
+        ga.on_tick();
+        assert!(!ga.is_ready(), "the other worker holds again too");
+        held(ga.admit(3, "3", false));
     }
 }
