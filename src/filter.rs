@@ -93,6 +93,7 @@ impl RootContext for Root {
                 for notice in &plan.notices {
                     log::info!("{notice}");
                 }
+                report_annotations(&plan);
                 log::info!(
                     "configured for function {:?} in namespace {:?}",
                     plan.function_or_empty(),
@@ -171,6 +172,41 @@ impl RootContext for Root {
     }
 }
 
+/// One log line per `com.openfaas.mesh.*` annotation, applied or refused (the operator's rule
+/// stands), and two gauges: how many are applied and refused now (every VM configures, so a
+/// counter would count each annotation once per worker).
+fn report_annotations(plan: &Plan) {
+    if plan.annotations.is_empty() {
+        return;
+    }
+    let function = plan.function_or_empty();
+    let mut refused = 0u64;
+    for outcome in &plan.annotations {
+        match outcome.refused {
+            None => log::info!(
+                "function {function:?}: annotation {} applied",
+                outcome.annotation
+            ),
+            Some(why) => {
+                refused += 1;
+                log::warn!(
+                    "function {function:?}: annotation {} refused ({why}); the operator's rule stands",
+                    outcome.annotation
+                );
+            }
+        }
+    }
+    let applied = plan.annotations.len() as u64 - refused;
+    for (what, n) in [
+        ("annotations.applied", applied),
+        ("annotations.refused", refused),
+    ] {
+        if let Ok(id) = host::define_metric(MetricType::Gauge, &metrics::name(function, what)) {
+            let _ = host::record_metric(id, n);
+        }
+    }
+}
+
 fn configure() -> Result<Plan, String> {
     let raw = host::plugin_configuration()
         .map_err(|e| format!("configuration: the host did not hand it over ({e:?})"))?;
@@ -196,7 +232,25 @@ fn pod_info(label: &str) -> PodInfo {
     PodInfo {
         label_value: text(&label_path),
         namespace: text(b"xds\0node\0metadata\0NAMESPACE"),
+        annotations: pod_annotations(),
     }
+}
+
+/// The pod's annotations from the node metadata. Envoy hands a metadata map over as a
+/// serialized pair list (the header-map format); only the filter's own prefix is kept.
+fn pod_annotations() -> Vec<(String, String)> {
+    let Ok(Some(bytes)) = host::property(b"xds\0node\0metadata\0ANNOTATIONS") else {
+        return Vec::new();
+    };
+    header_map::pairs(&bytes)
+        .filter(|(name, _)| name.starts_with(crate::annotations::PREFIX.as_bytes()))
+        .map(|(name, value)| {
+            (
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// One HTTP request through the filter.

@@ -24,6 +24,7 @@
     )
 )]
 
+pub mod annotations;
 pub mod body_budget;
 pub mod call_id;
 pub mod config;

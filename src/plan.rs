@@ -2,7 +2,8 @@
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
 use crate::config::{
-    Config, ConfigError, FunctionSection, HeadersSection, ReadinessSection, TracingSection,
+    Config, ConfigError, FunctionSection, HeadersSection, PolicyRules, ReadinessSection,
+    TracingSection,
 };
 use crate::policy::Policy;
 use crate::rewrite::Rewriter;
@@ -14,6 +15,9 @@ pub struct PodInfo {
     pub label_value: Option<String>,
     /// `xds.node.metadata.NAMESPACE`.
     pub namespace: Option<String>,
+    /// `xds.node.metadata.ANNOTATIONS` (name, value): the function's own narrowing rules are
+    /// those under [`crate::annotations::PREFIX`].
+    pub annotations: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +40,11 @@ pub struct Plan {
     /// The OpenFaaS gateway's SPIFFE identity (`rewrite.gateway_principal`): its requests are
     /// not rewritten again and keep its start time.
     pub gateway_principal: Option<String>,
+    /// The rules `policy` was compiled from: `policy.default`, the function's entry, then its
+    /// annotations (what a reviewer reads in the checker).
+    pub rules: PolicyRules,
+    /// What became of each of the pod's `com.openfaas.mesh.*` annotations.
+    pub annotations: Vec<crate::annotations::Outcome>,
     /// Things worth one log line at start-up (not errors).
     pub notices: Vec<String>,
 }
@@ -81,7 +90,9 @@ impl Plan {
             Some(entry) => config.policy.default.merged_with(entry),
             None => config.policy.default.clone(),
         };
+        let (rules, annotations) = crate::annotations::narrow(&rules, &pod.annotations);
         let policy = Policy::compile(&rules);
+        let rules_shown = rules.clone();
         Ok(Plan {
             rewriter: Rewriter::new(
                 &config.rewrite.prefix,
@@ -97,6 +108,8 @@ impl Plan {
             readiness: config.readiness.enabled.then(|| config.readiness.clone()),
             hold_unsized_bodies: config.envoy.allow_on_headers_stop_iteration,
             gateway_principal: config.rewrite.gateway_principal.clone(),
+            annotations,
+            rules: rules_shown,
             notices,
         })
     }

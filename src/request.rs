@@ -280,6 +280,7 @@ mod tests {
         let pod = PodInfo {
             label_value: Some("env".into()),
             namespace: Some("openfaas-fn".into()),
+            annotations: Vec::new(),
         };
         Plan::compile(&config, &pod).unwrap()
     }

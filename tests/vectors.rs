@@ -143,6 +143,7 @@ fn call_id_vectors() {
 fn plan_resolves_the_local_function() {
     let config = |text: &str| Config::parse(text.as_bytes()).expect("parses");
     let pod = |label: Option<&str>| PodInfo {
+        annotations: Vec::new(),
         label_value: label.map(str::to_string),
         namespace: Some("openfaas-fn".into()),
     };
@@ -208,6 +209,7 @@ fn the_local_functions_entry_overrides_the_default_rule_by_rule() {
             &config,
             &PodInfo {
                 label_value: Some(label.into()),
+                annotations: Vec::new(),
                 namespace: None,
             },
         )
@@ -350,6 +352,7 @@ fn request_vectors() {
         let pod = PodInfo {
             label_value: Some("env".into()),
             namespace: Some("openfaas-fn".into()),
+            annotations: Vec::new(),
         };
         let plan = Plan::compile(&config, &pod).expect(name);
         let pairs: Vec<(String, String)> = case["headers"]

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let pod = PodInfo {
         label_value: Some("env".into()),
         namespace: Some("openfaas-fn".into()),
+        annotations: Vec::new(),
     };
     let Ok(plan) = Plan::compile(&config, &pod) else {
         return;

@@ -41,6 +41,9 @@ pub struct EnvoyOptions {
     pub labels: Vec<(String, String)>,
     /// The pod's namespace in the node metadata (`NAMESPACE`).
     pub namespace: Option<String>,
+    /// Pod annotations in the node metadata (`ANNOTATIONS`), as Istio puts them there (the
+    /// function's `stack.yml` annotations become its pod's).
+    pub annotations: Vec<(String, String)>,
     /// Where the function listens (the inbound and readiness clusters point there).
     pub function_port: u16,
     /// The listener's port; 0 picks a free one.
@@ -75,6 +78,7 @@ impl EnvoyOptions {
             plugin_config: "{}".to_string(),
             labels: vec![("faas_function".to_string(), "env".to_string())],
             namespace: Some("openfaas-fn".to_string()),
+            annotations: Vec::new(),
             function_port,
             listener_port: 0,
             admin_port: 0,
@@ -103,6 +107,14 @@ impl EnvoyOptions {
 
     pub fn config(mut self, plugin_config: impl Into<String>) -> Self {
         self.plugin_config = plugin_config.into();
+        self
+    }
+
+    pub fn annotations(mut self, annotations: &[(&str, &str)]) -> Self {
+        self.annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self
     }
 
@@ -637,6 +649,14 @@ fn bootstrap(
     let mut metadata = json!({ "LABELS": labels, "CLUSTER_ID": "Kubernetes" });
     if let Some(ns) = &options.namespace {
         metadata["NAMESPACE"] = json!(ns);
+    }
+    if !options.annotations.is_empty() {
+        let annotations: serde_json::Map<String, Value> = options
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        metadata["ANNOTATIONS"] = Value::Object(annotations);
     }
 
     let mut http_filter = patches.http_filter.clone();

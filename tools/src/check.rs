@@ -70,15 +70,43 @@ pub fn compile(
     configuration: &str,
     function: Option<&str>,
     namespace: Option<&str>,
+    annotations: &[(String, String)],
 ) -> Result<(Config, Plan), String> {
     let config =
         Config::parse(configuration.as_bytes()).map_err(|e| refusal_message(&e.to_string()))?;
     let pod = PodInfo {
         label_value: function.map(str::to_string),
         namespace: namespace.map(str::to_string),
+        annotations: annotations.to_vec(),
     };
     let plan = Plan::compile(&config, &pod).map_err(|e| refusal_message(&e.to_string()))?;
     Ok((config, plan))
+}
+
+/// The annotations of `function` in a faas-cli `stack.yml` (`functions.<name>.annotations`):
+/// what its pod, and so its sidecar, will carry.
+pub fn stack_annotations(stack_yml: &str, function: &str) -> Result<Vec<(String, String)>, String> {
+    let stack: Value =
+        serde_yaml::from_str(stack_yml).map_err(|e| format!("not a stack.yml: {e}"))?;
+    let Some(entry) = stack["functions"].get(function) else {
+        return Err(format!("no function {function:?} under functions:"));
+    };
+    let Some(annotations) = entry.get("annotations") else {
+        return Ok(Vec::new());
+    };
+    let map = annotations
+        .as_object()
+        .ok_or_else(|| format!("functions.{function}.annotations: expected a map"))?;
+    Ok(map
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), value)
+        })
+        .collect())
 }
 
 /// One line for a valid configuration: which functions have their own policy entry.
@@ -96,16 +124,13 @@ pub fn summary(config: &Config) -> String {
 
 /// The rules the sidecar of `function` enforces, in the words of the configuration reference.
 pub fn effective_rules(config: &Config, plan: &Plan) -> String {
-    // The same merge `Plan::compile` makes: the default, overridden key by key by the entry of
-    // the local function (`function.name` when set, else the pod label).
+    // The rules the plan was compiled from: the default, overridden key by key by the local
+    // function's entry, then narrowed by its annotations.
     let entry = plan
         .function
         .as_ref()
         .and_then(|f| config.policy.functions.get(f));
-    let rules = match entry {
-        Some(entry) => config.policy.default.merged_with(entry),
-        None => config.policy.default.clone(),
-    };
+    let rules = &plan.rules;
     let mut out = String::new();
     let local = plan.function.as_deref().unwrap_or("(unknown)");
     let source = if config.function.name.is_some() {
@@ -122,7 +147,17 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
             None => "policy.default (no entry of its own)".to_string(),
         }
     );
-    write_policy(&mut out, &rules, plan.policy.mode);
+    for outcome in &plan.annotations {
+        let _ = match outcome.refused {
+            None => writeln!(out, "annotation        {} applied", outcome.annotation),
+            Some(why) => writeln!(
+                out,
+                "annotation        {} refused ({why}); the operator's rule stands",
+                outcome.annotation
+            ),
+        };
+    }
+    write_policy(&mut out, rules, plan.policy.mode);
     let _ = writeln!(
         out,
         "rewrite           {}{local}/<rest> -> /<rest>; another function's name: {}",
@@ -216,7 +251,7 @@ mod tests {
                 Value::String(s) => s.clone(),
                 _ => case["config"].to_string(),
             };
-            let err = compile(&raw, Some("env"), None).err().unwrap();
+            let err = compile(&raw, Some("env"), None, &[]).err().unwrap();
             assert_eq!(
                 err,
                 format!("invalid configuration: {}", case["error"].as_str().unwrap())
@@ -239,7 +274,7 @@ mod tests {
         for name in ["envoyfilter.yaml", "wasmplugin.yaml"] {
             let file = files.iter().find(|f| f.name == name).unwrap();
             let found = configuration_of(name, &file.contents).unwrap();
-            let (config, plan) = compile(&found, Some("env"), None).unwrap();
+            let (config, plan) = compile(&found, Some("env"), None, &[]).unwrap();
             let rules = effective_rules(&config, &plan);
             assert!(rules.contains("  methods         GET\n"), "{name}: {rules}");
         }
@@ -251,7 +286,7 @@ mod tests {
     fn effective_rules_merge_the_default_and_the_functions_entry() {
         let config = r#"{"policy": {"default": {"max_body_bytes": 1024, "methods": ["GET"]},
             "functions": {"env": {"methods": ["POST"], "rate_limit": {"requests_per_second": 2}}}}}"#;
-        let (parsed, plan) = compile(config, Some("env"), Some("openfaas-fn")).unwrap();
+        let (parsed, plan) = compile(config, Some("env"), Some("openfaas-fn"), &[]).unwrap();
         let env = effective_rules(&parsed, &plan);
         assert!(env.contains("  methods         POST\n"), "{env}");
         assert!(env.contains("  max_body_bytes  1024\n"), "{env}");
@@ -259,7 +294,7 @@ mod tests {
             env.contains("  rate_limit      2 requests/s, burst 2"),
             "{env}"
         );
-        let (parsed, plan) = compile(config, Some("figlet"), None).unwrap();
+        let (parsed, plan) = compile(config, Some("figlet"), None, &[]).unwrap();
         let figlet = effective_rules(&parsed, &plan);
         assert!(
             figlet.contains("policy.default (no entry of its own)"),
@@ -271,5 +306,46 @@ mod tests {
             summary(&parsed),
             "valid: policy.functions has entries for env; every other function gets policy.default"
         );
+    }
+
+    #[test]
+    fn a_functions_stack_yml_narrows_what_the_checker_shows_and_never_widens() {
+        let config = r#"{"policy": {"default": {"methods": ["GET", "POST"], "max_inflight": 8}}}"#;
+        let stack = r#"
+functions:
+  env:
+    lang: dockerfile
+    annotations:
+      com.openfaas.mesh.methods: POST
+      com.openfaas.mesh.max_inflight: "20"
+      com.openfaas.mesh.mode: "off"
+      com.openfaas.scale.min: "1"
+  other:
+    image: x
+"#;
+        let annotations = stack_annotations(stack, "env").unwrap();
+        assert_eq!(annotations.len(), 4);
+        let (parsed, plan) = compile(config, Some("env"), None, &annotations).unwrap();
+        let env = effective_rules(&parsed, &plan);
+        assert!(env.contains("  methods         POST\n"), "{env}");
+        assert!(
+            env.contains("  max_inflight    8\n"),
+            "widening refused: {env}"
+        );
+        assert!(env.contains("  mode            enforce"), "{env}");
+        assert!(
+            env.contains("annotation        com.openfaas.mesh.methods applied"),
+            "{env}"
+        );
+        assert!(
+            env.contains("annotation        com.openfaas.mesh.max_inflight refused"),
+            "{env}"
+        );
+        assert!(
+            env.contains("annotation        com.openfaas.mesh.mode refused (the mode is the operator's alone)"),
+            "{env}"
+        );
+        assert!(stack_annotations(stack, "other").unwrap().is_empty());
+        assert!(stack_annotations(stack, "missing").is_err());
     }
 }

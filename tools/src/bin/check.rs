@@ -1,4 +1,4 @@
-//! `faas-mesh-check <file> [--function <name>] [--namespace <ns>]`
+//! `faas-mesh-check <file> [--function <name>] [--namespace <ns>] [--stack <stack.yml>]`
 //!
 //! Checks a plugin configuration as the sidecar would, with the filter's own parser: the
 //! operator's configuration file (JSON), or a rendered `envoyfilter.yaml` / `wasmplugin.yaml`.
@@ -6,31 +6,35 @@
 //! - refused: prints the line the sidecar logs (`invalid configuration: <key path>: <problem>`)
 //!   on stderr and exits 1;
 //! - accepted: prints `<file>: valid ...` and exits 0; with `--function`, the rules the sidecar of
-//!   that function enforces;
+//!   that function enforces (with `--stack`, narrowed by the function's `com.openfaas.mesh.*`
+//!   annotations in that stack.yml, each shown applied or refused);
 //! - a usage or I/O problem: exits 2.
 
-use faas_mesh_tools::check::{compile, configuration_of, effective_rules, summary};
+use faas_mesh_tools::check::{
+    compile, configuration_of, effective_rules, stack_annotations, summary,
+};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: faas-mesh-check <config.json | envoyfilter.yaml | wasmplugin.yaml> \
-                     [--function <name>] [--namespace <namespace>]";
+                     [--function <name>] [--namespace <namespace>] [--stack <stack.yml>]";
 
 fn main() -> ExitCode {
     let mut file = None;
     let mut function = None;
     let mut namespace = None;
+    let mut stack = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--function" | "--namespace" => {
+            "--function" | "--namespace" | "--stack" => {
                 let Some(value) = args.next() else {
                     eprintln!("faas-mesh-check: {arg} needs a value\n{USAGE}");
                     return ExitCode::from(2);
                 };
-                if arg == "--function" {
-                    function = Some(value);
-                } else {
-                    namespace = Some(value);
+                match arg.as_str() {
+                    "--function" => function = Some(value),
+                    "--namespace" => namespace = Some(value),
+                    _ => stack = Some(value),
                 }
             }
             "-h" | "--help" => {
@@ -68,7 +72,31 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match compile(&configuration, function.as_deref(), namespace.as_deref()) {
+    let annotations = match (&stack, &function) {
+        (None, _) => Vec::new(),
+        (Some(_), None) => {
+            eprintln!("faas-mesh-check: --stack needs --function\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        (Some(path), Some(function)) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| stack_annotations(&text, function));
+            match read {
+                Ok(annotations) => annotations,
+                Err(e) => {
+                    eprintln!("faas-mesh-check: {path}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match compile(
+        &configuration,
+        function.as_deref(),
+        namespace.as_deref(),
+        &annotations,
+    ) {
         Err(refusal) => {
             eprintln!("{refusal}");
             ExitCode::FAILURE

@@ -1,0 +1,101 @@
+//! Policy a function declares in its own annotations (its `stack.yml`), which Istio puts in the
+//! sidecar's node metadata: it may only narrow what the operator's configuration allows.
+
+use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::http::Request;
+use faas_mesh_integration::stand_in::StandInFunction;
+use std::time::Duration;
+
+const OPERATOR: &str =
+    r#"{"policy": {"default": {"methods": ["GET", "POST"], "max_body_bytes": 1000}}}"#;
+const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.annotations.";
+
+async fn pod(annotations: &[(&str, &str)]) -> (StandInFunction, Envoy) {
+    let function = StandInFunction::start().await.expect("function");
+    let envoy = Envoy::start(
+        EnvoyOptions::for_function(function.port())
+            .config(OPERATOR)
+            .annotations(annotations),
+    )
+    .await
+    .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    (function, envoy)
+}
+
+async fn status(envoy: &Envoy, method: &str, body_len: usize) -> u16 {
+    let mut request = Request::new(method, "/function/env/x");
+    if body_len > 0 {
+        request = request.body(vec![b'x'; body_len]);
+    }
+    envoy.send(&request).await.expect("response").status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_annotations_are_enforced() {
+    let (function, envoy) = pod(&[
+        ("com.openfaas.mesh.methods", "POST"),
+        ("com.openfaas.mesh.max_body_bytes", "100"),
+        // Not the filter's: left alone.
+        ("com.openfaas.scale.min", "1"),
+    ])
+    .await;
+    assert_eq!(status(&envoy, "GET", 0).await, 405, "GET narrowed away");
+    assert_eq!(status(&envoy, "POST", 100).await, 200);
+    assert_eq!(
+        status(&envoy, "POST", 101).await,
+        413,
+        "limit narrowed to 100"
+    );
+    assert_eq!(function.calls(), 1);
+    let applied = envoy
+        .wait_for_stat(&format!("{STAT}applied"), Duration::from_secs(10), |v| {
+            v >= 2
+        })
+        .await;
+    assert_eq!(applied, 2);
+    let log = envoy.log();
+    assert!(
+        log.contains("annotation com.openfaas.mesh.methods applied"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widening_malformed_and_mode_annotations_never_loosen_anything() {
+    let (function, envoy) = pod(&[
+        ("com.openfaas.mesh.methods", "GET,POST,DELETE"),
+        ("com.openfaas.mesh.max_body_bytes", "5000"),
+        ("com.openfaas.mesh.mode", "off"),
+        ("com.openfaas.mesh.max_inflight", "lots"),
+        ("com.openfaas.mesh.maxinflight", "1"),
+    ])
+    .await;
+    // The operator's rules stand, every one of them.
+    assert_eq!(status(&envoy, "DELETE", 0).await, 405);
+    assert_eq!(status(&envoy, "PUT", 0).await, 405);
+    assert_eq!(status(&envoy, "POST", 1001).await, 413);
+    assert_eq!(status(&envoy, "GET", 0).await, 200);
+    assert_eq!(status(&envoy, "POST", 1000).await, 200);
+    assert_eq!(function.calls(), 2);
+    let refused = envoy
+        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+            v >= 5
+        })
+        .await;
+    assert_eq!(refused, 5);
+    let log = envoy.log();
+    for name in [
+        "com.openfaas.mesh.methods",
+        "com.openfaas.mesh.max_body_bytes",
+        "com.openfaas.mesh.mode",
+        "com.openfaas.mesh.max_inflight",
+        "com.openfaas.mesh.maxinflight",
+    ] {
+        assert!(
+            log.contains(&format!("annotation {name} refused")),
+            "no refusal logged for {name}"
+        );
+    }
+    assert!(log.contains("the mode is the operator's alone"));
+}
