@@ -33,6 +33,7 @@ impl Enforcer {
     /// Defines the stats (see [`crate::metrics`]): `….policy.allowed`, per reason the policy
     /// can deny for `….policy.reason.<r>.denied` (enforce) and `….audited` (audit), and the
     /// `….policy.inflight` gauge.
+    #[inline(never)]
     pub fn new(policy: &Policy, function: &str) -> Enforcer {
         let counter = |n: String| host::define_metric(MetricType::Counter, &n).ok();
         let mut denied = PerReason::default();

@@ -54,6 +54,7 @@ struct Counters {
 }
 
 impl Counters {
+    #[inline(never)]
     fn define(function: &str) -> Counters {
         let counter = |metric: &str| {
             host::define_metric(MetricType::Counter, &metrics::name(function, metric)).ok()
@@ -157,6 +158,7 @@ impl RootContext for Root {
     }
 }
 
+#[inline(never)]
 fn configure() -> Result<Plan, String> {
     let raw = host::plugin_configuration()
         .map_err(|e| format!("configuration: the host did not hand it over ({e:?})"))?;
@@ -532,6 +534,7 @@ const UNAVAILABLE: LocalReply = LocalReply {
 impl Call {
     /// Runs the policy on a request's headers: the reply to send when a check denies it in
     /// enforce mode. In audit mode denials are counted and logged and the request goes on.
+    #[inline(never)]
     fn enforce(
         &mut self,
         enforcer: &Enforcer,
@@ -588,6 +591,8 @@ impl Call {
     }
 
     /// Answers the request from the filter, with the call id and the internal marker.
+    #[cold]
+    #[inline(never)]
     fn answer(&mut self, plan: &Plan, reply: LocalReply) -> Action {
         let names = &plan.headers;
         let body = reply.body(plan.function_or_empty(), &self.call_id);

@@ -124,6 +124,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl Gate {
+    #[inline(never)]
     pub fn new(settings: ReadinessSection, function: &str, call_id_header: &str) -> Rc<Gate> {
         let gate = Gate {
             settings,
@@ -161,6 +162,7 @@ impl Gate {
     }
 
     /// A request arrived while this worker believed the function not ready.
+    #[inline(never)]
     pub fn admit(&self, context_id: u32, call_id: &str) -> Admission {
         self.adopt(self.read_state());
         if self.is_ready() {
