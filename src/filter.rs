@@ -365,7 +365,7 @@ impl HttpContext for Call {
         let _ = host::set_header(
             MapType::HttpRequestHeaders,
             &names.start_time,
-            self.start_nanos.to_string().as_bytes(),
+            timing::decimal(self.start_nanos).as_bytes(),
         );
         for (name, value) in trace_headers.unwrap_or_default() {
             let _ = match value {
