@@ -399,6 +399,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Appends `bytes` as lowercase hex.
+#[inline]
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digit = |n: u8| char::from(DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
