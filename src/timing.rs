@@ -60,7 +60,17 @@ mod tests {
 
     #[test]
     fn decimal_is_to_string() {
-        for n in [0, 1, 9, 10, 99, 100, 1_764_000_000_123_456_789, u64::MAX - 1, u64::MAX] {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            1_764_000_000_123_456_789,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert_eq!(decimal(n), n.to_string());
         }
     }
