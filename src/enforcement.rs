@@ -98,6 +98,7 @@ impl<H: Host> Enforcer<H> {
     /// Defines the stats (see [`crate::metrics`]): `….policy.allowed`, per reason the policy
     /// can deny for `….policy.reason.<r>.denied` (enforce) and `….audited` (audit), and the
     /// `….policy.inflight` gauge.
+    #[inline(never)]
     pub fn new(host: H, owner: Rc<Owner>, policy: &Policy, function: &str) -> Enforcer<H> {
         let counter = |n: String| host.define_metric(MetricType::Counter, &n).ok();
         let mut denied = PerReason::default();

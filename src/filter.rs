@@ -53,6 +53,7 @@ struct Counters {
 }
 
 impl Counters {
+    #[inline(never)]
     fn define(function: &str) -> Counters {
         let counter = |metric: &str| {
             host::define_metric(MetricType::Counter, &metrics::name(function, metric)).ok()
@@ -207,6 +208,7 @@ fn report_annotations(plan: &Plan) {
     }
 }
 
+#[inline(never)]
 fn configure() -> Result<Plan, String> {
     let raw = host::plugin_configuration()
         .map_err(|e| format!("configuration: the host did not hand it over ({e:?})"))?;
@@ -551,6 +553,7 @@ impl Call {
     /// Takes a rate-limit token and an in-flight slot from the pod's shared counters: the reply
     /// to send when one is refused in enforce mode (audit mode counts and logs, and the request
     /// goes on). `allowed_so_far`: no header check denied it (for the `allowed` stat).
+    #[inline(never)]
     fn admit(&mut self, enforcer: &Enforcer<Abi>, allowed_so_far: bool) -> Option<LocalReply> {
         let policy = enforcer.policy();
         let mut denied = !allowed_so_far;
@@ -657,6 +660,8 @@ impl Call {
     }
 
     /// Answers the request from the filter, with the call id and the internal marker.
+    #[cold]
+    #[inline(never)]
     fn answer(&mut self, plan: &Plan, reply: LocalReply) -> Action {
         // A request the gate holds leaves its wait list (and gives back its place and bytes).
         if self.is_held() {

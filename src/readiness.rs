@@ -152,6 +152,7 @@ pub struct Gate<H: Host> {
 }
 
 impl<H: Host> Gate<H> {
+    #[inline(never)]
     pub fn new(
         host: H,
         settings: ReadinessSection,
@@ -228,6 +229,7 @@ impl<H: Host> Gate<H> {
     /// A request arrived while this worker believed the function not ready.
     /// `gateway_probe`: the request is the OpenFaaS gateway's own probe (held for a tenth of
     /// `max_wait_ms`, see [`gate::GATEWAY_PROBE_AGENT`]).
+    #[inline(never)]
     pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Admission {
         self.adopt(self.read_state());
         if self.is_ready() {

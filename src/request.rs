@@ -13,6 +13,7 @@ use crate::plan::Plan;
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
 use crate::reply::{self, LocalReply};
 use crate::rewrite::Route;
+use crate::timing;
 use crate::trace;
 
 /// What a request carries that the filter reads: collected in one pass over its header map.
@@ -222,7 +223,7 @@ pub fn decide<'p>(
             .push((&names.call_id, Some(decision.call_id.clone().into_bytes())));
     }
     let start_time = match (from_gateway, incoming.start_times) {
-        (false, _) => Some(now_nanos.to_string().into_bytes()),
+        (false, _) => Some(timing::decimal(now_nanos).into_bytes()),
         (true, 1) => None,
         (true, _) => Some(incoming.start_time.to_vec()),
     };

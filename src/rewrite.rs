@@ -115,6 +115,7 @@ impl Rewriter {
         Route::Rewrite(out)
     }
 
+    #[inline]
     fn is_local(&self, name: &[u8], namespace: Option<&[u8]>) -> bool {
         let name_matches = self.local_name.as_deref() == Some(name);
         // A namespace in the path must be this pod's, when the pod's namespace is known.

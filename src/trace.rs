@@ -139,27 +139,36 @@ impl Context {
         self.debug || self.sampled == Some(true)
     }
 
-    /// `00-<trace>-<span>-<flags>`.
+    /// `00-<trace>-<span>-<flags>`. Built by hand: `format!` costs more than the header write.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled_now() { "01" } else { "00" }
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push_str(if self.sampled_now() { "-01" } else { "-00" });
+        out
     }
 
     fn b3_trace_id(&self) -> String {
+        hex(self.b3_trace_id_bytes())
+    }
+
+    /// The trace id as B3 carries it: 64 bits when the caller sent 64, else 128.
+    fn b3_trace_id_bytes(&self) -> &[u8] {
         if self.short_trace_id {
-            hex(self.trace_id.get(8..).unwrap_or_default())
+            self.trace_id.get(8..).unwrap_or_default()
         } else {
-            hex(&self.trace_id)
+            &self.trace_id
         }
     }
 
     /// `<trace>-<span>[-<sampling>[-<parent>]]` (the parent needs a sampling field before it).
     pub fn b3_single(&self) -> String {
-        let mut out = format!("{}-{}", self.b3_trace_id(), hex(&self.span_id));
+        let mut out = String::with_capacity(68);
+        push_hex(&mut out, self.b3_trace_id_bytes());
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
         let sampling = if self.debug {
             Some("d")
         } else {
@@ -170,7 +179,7 @@ impl Context {
             out.push_str(sampling);
             if let Some(parent) = &self.parent_span_id {
                 out.push('-');
-                out.push_str(&hex(parent));
+                push_hex(&mut out, parent);
             }
         }
         out
@@ -384,13 +393,20 @@ fn decode_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as lowercase hex.
+#[inline]
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digit = |n: u8| char::from(DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
     for b in bytes {
         out.push(digit(b >> 4));
-        out.push(digit(b & 0x0f));
+        out.push(digit(*b));
     }
-    out
 }
 
 fn non_zero_trace(mut id: [u8; 16]) -> [u8; 16] {

@@ -181,6 +181,7 @@ pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
 }
 
 /// The whole header map in its serialized form; read it with [`crate::header_map::pairs`].
+#[inline]
 pub fn header_map(map: MapType) -> Result<Vec<u8>, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: as above.
@@ -188,6 +189,7 @@ pub fn header_map(map: MapType) -> Result<Vec<u8>, HostError> {
     Ok(unsafe { take_buffer(data, size) })
 }
 
+#[inline]
 pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: as above.
