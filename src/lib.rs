@@ -1,19 +1,23 @@
 //! faas-mesh-filter: a proxy-wasm filter for the Envoy sidecar of OpenFaaS function pods.
 //!
 //! The pure modules decide; they never call the host and are tested natively with `cargo test`:
-//! - [`config`]: the plugin configuration, parsed and validated with key-path errors;
+//! - [`config`] (with [`strict_json`]): the plugin configuration, read strictly and validated
+//!   with key-path errors; [`annotations`]: a function's own narrowing rules;
 //! - [`plan`]: the configuration compiled for one pod (local function, effective policy);
+//! - [`request`]: one request's decision (route, call id, headers, the policy's header checks);
 //! - [`rewrite`]: `/function/<name>/...` paths to what the function expects;
 //! - [`call_id`], [`timing`]: the values of the call-id, start-time and duration headers;
 //! - [`trace`]: W3C and B3 trace context, read and written;
-//! - [`reply`]: the filter's own replies;
-//! - [`policy`]: per-function policy checks and the rate-limit bucket;
-//! - [`gate`]: the readiness gate's shared records and decisions;
+//! - [`reply`]: every reply the filter makes;
+//! - [`policy`]: per-function policy checks, the rate-limit bucket, in-flight slots by owner;
+//! - [`gate`], [`body_budget`]: the readiness gate's shared records and decisions;
 //! - [`header_map`]: the proxy-wasm header map wire format;
 //! - [`metrics`]: the names of the filter's stats.
 //!
-//! `host` (the ABI calls), `filter` (Envoy's callbacks) and `readiness` (the gate's probes,
-//! holds and releases) are the thin adapter, built for wasm32 only.
+//! [`host`] is everything that talks to Envoy: the [`host::Host`] interface (the ABI on wasm32,
+//! an in-memory fake for native tests), the gate and the policy on one worker
+//! ([`host::gate`], [`host::policy`], twins of the pure modules of the same name), and Envoy's
+//! callbacks (`host::filter`, wasm32 only).
 #![cfg_attr(
     test,
     allow(
@@ -40,8 +44,4 @@ pub mod strict_json;
 pub mod timing;
 pub mod trace;
 
-pub mod enforcement;
-#[cfg(target_arch = "wasm32")]
-mod filter;
 pub mod host;
-pub mod readiness;

@@ -1,5 +1,5 @@
 //! The host, behind one interface: [`Host`] is what the adapters (the gate on a worker, the
-//! policy on a worker) ask of Envoy. It has two implementations: [`abi::Abi`], the proxy-wasm ABI
+//! policy on a worker) ask of Envoy. It has two implementations: `abi::Abi`, the proxy-wasm ABI
 //! (wasm32 only), and [`fake::Fake`], an in-memory host for native tests (shared data with
 //! compare-and-swap shared between "workers", a clock, metrics, dispatched calls, local replies
 //! and a log of calls).
@@ -16,6 +16,57 @@ pub use abi::*;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake;
+
+/// Envoy's callbacks: a request in, the pure core's decision, host calls out.
+#[cfg(target_arch = "wasm32")]
+mod filter;
+/// The readiness gate on one worker (the host side of [`crate::gate`]).
+pub mod gate;
+/// The policy on one worker (the host side of [`crate::policy`]).
+pub mod policy;
+
+/// One of the filter's stats on the host, defined once per VM (the same name on every worker is
+/// one stat) and moved through this handle only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stat(Option<u32>);
+
+impl Stat {
+    pub fn define<H: Host>(host: &H, kind: MetricType, name: &str) -> Stat {
+        Stat(host.define_metric(kind, name).ok())
+    }
+
+    /// Moves a counter or a gauge by `by`: atomic in Envoy, so workers' updates commute (setting
+    /// a gauge to a value read before another worker's write could leave it stale).
+    #[inline]
+    pub fn add<H: Host>(self, host: &H, by: i64) {
+        if let (Some(id), true) = (self.0, by != 0) {
+            let _ = host.increment_metric(id, by);
+        }
+    }
+
+    /// Sets a gauge or records a histogram sample.
+    pub fn record<H: Host>(self, host: &H, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = host.record_metric(id, value);
+        }
+    }
+}
+
+/// Answers the effective request (`set_effective_context` first from a root callback) with one
+/// of the filter's replies, carrying the call id and the internal marker.
+pub fn send_reply<H: Host>(
+    host: &H,
+    reply: &crate::reply::LocalReply,
+    function: &str,
+    call_id_header: &str,
+    call_id: &str,
+) {
+    let body = reply.body(function, call_id);
+    let headers = reply.headers(call_id_header, call_id);
+    if let Err(e) = host.send_local_response(reply.status, reply.details, &body, &headers) {
+        log::warn!("call {call_id}: local reply failed ({e:?})");
+    }
+}
 
 /// A non-OK status from the host (the raw ABI value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use crate::gate::{
     self, decode_number, probe_says_ready, Held, PodState, Waiting, LEASE_KEY, PENDING_KEY,
     STATE_KEY,
 };
-use crate::host::Host;
+use crate::host::{send_reply, Host, Stat};
 use crate::metrics;
 use crate::reply::{self, LocalReply};
 use proxy_wasm::types::{MapType, MetricType};
@@ -36,7 +36,7 @@ pub enum HoldState {
 }
 
 /// What the gate decided for a request that arrived while the worker believed "not ready".
-pub enum Admission {
+pub enum Arrival {
     /// The function is ready after all (another worker learned it): go on.
     Go,
     /// Paused; the request's context keeps the state to know when it is released.
@@ -56,27 +56,25 @@ const CAS_ROUNDS: usize = 16;
 
 /// The gate's stats (names as they appear in Envoy's `/stats`). Every worker defines the same
 /// names, so each is one pod-wide stat.
-struct Metrics {
-    held: Option<u32>,
-    released: Option<u32>,
-    timed_out: Option<u32>,
-    rejected_queue_full: Option<u32>,
-    abandoned: Option<u32>,
-    probes_sent: Option<u32>,
-    probes_failed: Option<u32>,
-    ready: Option<u32>,
-    pending: Option<u32>,
-    held_ms: Option<u32>,
+struct GateStats {
+    held: Stat,
+    released: Stat,
+    timed_out: Stat,
+    rejected_queue_full: Stat,
+    abandoned: Stat,
+    probes_sent: Stat,
+    probes_failed: Stat,
+    ready: Stat,
+    pending: Stat,
+    held_ms: Stat,
 }
 
-impl Metrics {
-    fn define<H: Host>(host: &H, function: &str) -> Metrics {
-        let define = |kind, metric: &str| {
-            host.define_metric(kind, &metrics::name(function, metric))
-                .ok()
-        };
+impl GateStats {
+    fn define<H: Host>(host: &H, function: &str) -> GateStats {
+        let define =
+            |kind, metric: &str| Stat::define(host, kind, &metrics::name(function, metric));
         let counter = |metric: &str| define(MetricType::Counter, metric);
-        Metrics {
+        GateStats {
             held: counter("readiness.held"),
             released: counter("readiness.released"),
             timed_out: counter("readiness.timed_out"),
@@ -88,29 +86,6 @@ impl Metrics {
             pending: define(MetricType::Gauge, "readiness.pending"),
             held_ms: define(MetricType::Histogram, "readiness.held_ms"),
         }
-    }
-}
-
-fn add<H: Host>(host: &H, metric: Option<u32>, by: usize) {
-    if let (Some(id), Ok(by)) = (metric, i64::try_from(by)) {
-        if by != 0 {
-            let _ = host.increment_metric(id, by);
-        }
-    }
-}
-
-/// Moves a gauge by `delta` (atomic in Envoy, so concurrent workers cannot leave it stale).
-fn adjust<H: Host>(host: &H, metric: Option<u32>, delta: i64) {
-    if let Some(id) = metric {
-        if delta != 0 {
-            let _ = host.increment_metric(id, delta);
-        }
-    }
-}
-
-fn record<H: Host>(host: &H, metric: Option<u32>, value: u64) {
-    if let Some(id) = metric {
-        let _ = host.record_metric(id, value);
     }
 }
 
@@ -145,7 +120,7 @@ pub struct Gate<H: Host> {
     tick: Cell<u64>,
     /// Whether the last dispatch failed (to log a broken cluster once, not every tick).
     dispatch_failing: Cell<bool>,
-    metrics: Metrics,
+    stats: GateStats,
     /// For the 503 replies: the local function and the call-id header name.
     function: String,
     call_id_header: String,
@@ -159,7 +134,7 @@ impl<H: Host> Gate<H> {
         function: &str,
         call_id_header: &str,
     ) -> Rc<Gate<H>> {
-        let metrics = Metrics::define(&host, function);
+        let stats = GateStats::define(&host, function);
         let gate = Gate {
             host,
             settings,
@@ -171,7 +146,7 @@ impl<H: Host> Gate<H> {
             verify: Cell::new(false),
             tick: Cell::new(0),
             dispatch_failing: Cell::new(false),
-            metrics,
+            stats,
             function: function.to_string(),
             call_id_header: call_id_header.to_string(),
         };
@@ -230,19 +205,19 @@ impl<H: Host> Gate<H> {
     /// `gateway_probe`: the request is the OpenFaaS gateway's own probe (held for a tenth of
     /// `max_wait_ms`, see [`gate::GATEWAY_PROBE_AGENT`]).
     #[inline(never)]
-    pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Admission {
+    pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Arrival {
         self.adopt(self.read_state());
         if self.is_ready() {
-            return Admission::Go;
+            return Arrival::Go;
         }
         if !self.reserve_slot() {
-            add(&self.host, self.metrics.rejected_queue_full, 1);
+            self.stats.rejected_queue_full.add(&self.host, 1);
             log::warn!(
                 "call {call_id} for function {:?}: {} requests already held; answered 503",
                 self.function,
                 self.settings.max_pending
             );
-            return Admission::QueueFull;
+            return Arrival::QueueFull;
         }
         let state = Rc::new(Cell::new(HoldState::Held));
         let max_wait = self.settings.max_wait_ms;
@@ -259,18 +234,18 @@ impl<H: Host> Gate<H> {
                 state: state.clone(),
             },
         );
-        add(&self.host, self.metrics.held, 1);
+        self.stats.held.add(&self.host, 1);
         // The probe goes out from the root context within a (now fast) tick, never from this
         // request's context.
         self.retick();
-        Admission::Held(state)
+        Arrival::Held(state)
     }
 
     /// The client of a held request went away: forget it.
     pub fn forget(&self, context_id: u32) {
         let removed = self.waiting.borrow_mut().remove(context_id);
         if removed.is_some() {
-            add(&self.host, self.metrics.abandoned, 1);
+            self.stats.abandoned.add(&self.host, 1);
             self.release_slots(1);
             self.retick();
         }
@@ -337,7 +312,7 @@ impl<H: Host> Gate<H> {
             for held in &expired {
                 self.answer_not_ready(held, now);
             }
-            add(&self.host, self.metrics.timed_out, expired.len());
+            self.stats.timed_out.add(&self.host, expired.len() as i64);
             self.release_slots(expired.len());
         }
         self.expire_probe(now);
@@ -351,7 +326,7 @@ impl<H: Host> Gate<H> {
                 // The host never answered (a call to a cluster with no endpoint can queue
                 // without firing its timeout): count it failed and try again.
                 self.probe.set(None);
-                add(&self.host, self.metrics.probes_failed, 1);
+                self.stats.probes_failed.add(&self.host, 1);
             }
         }
     }
@@ -401,7 +376,7 @@ impl<H: Host> Gate<H> {
             self.publish_ready();
             self.release_all(now);
         } else {
-            add(&self.host, self.metrics.probes_failed, 1);
+            self.stats.probes_failed.add(&self.host, 1);
             if probe.verify {
                 self.rearm(
                     probe.generation,
@@ -456,7 +431,7 @@ impl<H: Host> Gate<H> {
         }
         self.generation.set(state.generation);
         self.ready.set(state.ready);
-        record(&self.host, self.metrics.ready, u64::from(state.ready));
+        self.stats.ready.record(&self.host, u64::from(state.ready));
         if !state.ready {
             // Nothing to check any more: the gate holds again.
             self.verify.set(false);
@@ -533,10 +508,10 @@ impl<H: Host> Gate<H> {
                 if verify {
                     self.verify.set(false);
                 }
-                add(&self.host, self.metrics.probes_sent, 1);
+                self.stats.probes_sent.add(&self.host, 1);
             }
             Err(e) => {
-                add(&self.host, self.metrics.probes_failed, 1);
+                self.stats.probes_failed.add(&self.host, 1);
                 if !self.dispatch_failing.replace(true) {
                     log::error!(
                         "readiness: cannot probe {path} on cluster {:?} ({e:?}); is \
@@ -563,16 +538,14 @@ impl<H: Host> Gate<H> {
         for h in &held {
             let reading_body = h.payload.state.get() == HoldState::HeldReadingBody;
             h.payload.state.set(HoldState::Released);
-            record(
-                &self.host,
-                self.metrics.held_ms,
-                now.saturating_sub(h.since_ms),
-            );
+            self.stats
+                .held_ms
+                .record(&self.host, now.saturating_sub(h.since_ms));
             if !reading_body && self.host.set_effective_context(h.context_id).is_ok() {
                 let _ = self.host.resume_request();
             }
         }
-        add(&self.host, self.metrics.released, held.len());
+        self.stats.released.add(&self.host, held.len() as i64);
         self.release_slots(held.len());
     }
 
@@ -584,11 +557,9 @@ impl<H: Host> Gate<H> {
             self.function,
             now.saturating_sub(held.since_ms)
         );
-        record(
-            &self.host,
-            self.metrics.held_ms,
-            now.saturating_sub(held.since_ms),
-        );
+        self.stats
+            .held_ms
+            .record(&self.host, now.saturating_sub(held.since_ms));
         let reply = reply::not_ready(gate::retry_after_seconds(self.settings.retry_interval_ms));
         self.send(held.context_id, &reply, &held.payload.call_id);
     }
@@ -599,16 +570,14 @@ impl<H: Host> Gate<H> {
     }
 
     fn send(&self, context_id: u32, reply: &LocalReply, call_id: &str) {
-        if self.host.set_effective_context(context_id).is_err() {
-            return;
-        }
-        let body = reply.body(&self.function, call_id);
-        let headers = reply.headers(&self.call_id_header, call_id);
-        if let Err(e) = self
-            .host
-            .send_local_response(reply.status, reply.details, &body, &headers)
-        {
-            log::warn!("call {call_id}: local reply failed ({e:?})");
+        if self.host.set_effective_context(context_id).is_ok() {
+            send_reply(
+                &self.host,
+                reply,
+                &self.function,
+                &self.call_id_header,
+                call_id,
+            );
         }
     }
 
@@ -631,7 +600,7 @@ impl<H: Host> Gate<H> {
         match reserved {
             Some(true) => {
                 // The gauge moves by the change, not to the value: workers' updates commute.
-                adjust(&self.host, self.metrics.pending, 1);
+                self.stats.pending.add(&self.host, 1);
                 true
             }
             Some(false) => false,
@@ -650,11 +619,9 @@ impl<H: Host> Gate<H> {
                 (Some(next.to_string().into_bytes()), current - next)
             });
         if let Some(released) = released {
-            adjust(
-                &self.host,
-                self.metrics.pending,
-                -i64::try_from(released).unwrap_or(0),
-            );
+            self.stats
+                .pending
+                .add(&self.host, -i64::try_from(released).unwrap_or(0));
         }
     }
 }
@@ -687,9 +654,9 @@ mod tests {
         (pod, workers)
     }
 
-    fn held(admission: Admission) -> Rc<Cell<HoldState>> {
+    fn held(admission: Arrival) -> Rc<Cell<HoldState>> {
         match admission {
-            Admission::Held(state) => state,
+            Arrival::Held(state) => state,
             _ => panic!("expected the request to be held"),
         }
     }
@@ -735,7 +702,7 @@ mod tests {
             0
         );
         // Once ready, a request is not held.
-        assert!(matches!(ga.admit(2, "id", false), Admission::Go));
+        assert!(matches!(ga.admit(2, "id", false), Arrival::Go));
     }
 
     #[test]
@@ -744,8 +711,8 @@ mod tests {
         held(ga.admit(1, "1", false));
         held(gb.admit(2, "2", false));
         held(ga.admit(3, "3", false));
-        assert!(matches!(gb.admit(4, "4", false), Admission::QueueFull));
-        assert!(matches!(ga.admit(5, "5", false), Admission::QueueFull));
+        assert!(matches!(gb.admit(4, "4", false), Arrival::QueueFull));
+        assert!(matches!(ga.admit(5, "5", false), Arrival::QueueFull));
         // A client that hangs up gives its place back.
         gb.forget(2);
         held(gb.admit(6, "6", false));

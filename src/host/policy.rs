@@ -3,7 +3,7 @@
 //! behind (stats per function and reason, audit log lines).
 
 use crate::config::PolicyMode;
-use crate::host::Host;
+use crate::host::{Host, Stat};
 use crate::metrics;
 use crate::policy::{admit, Admission, Counters, Policy, Reason, HEARTBEAT_MS};
 use crate::reply::LocalReply;
@@ -76,7 +76,7 @@ pub fn peer_of<H: Host>(host: &H, ask_mtls: bool) -> (bool, Option<Vec<u8>>) {
 }
 
 /// A metric id per reason, in [`Reason::ALL`] order.
-type PerReason = [Option<u32>; 6];
+type PerReason = [Stat; 6];
 
 /// The policy of one worker's VM, on host `H`.
 pub struct Enforcer<H: Host> {
@@ -84,10 +84,10 @@ pub struct Enforcer<H: Host> {
     owner: Rc<Owner>,
     policy: Policy,
     function: String,
-    allowed: Option<u32>,
+    allowed: Stat,
     denied: PerReason,
     audited: PerReason,
-    inflight: Option<u32>,
+    inflight: Stat,
 }
 
 fn index(reason: Reason) -> usize {
@@ -100,7 +100,7 @@ impl<H: Host> Enforcer<H> {
     /// `….policy.inflight` gauge.
     #[inline(never)]
     pub fn new(host: H, owner: Rc<Owner>, policy: &Policy, function: &str) -> Enforcer<H> {
-        let counter = |n: String| host.define_metric(MetricType::Counter, &n).ok();
+        let counter = |n: String| Stat::define(&host, MetricType::Counter, &n);
         let mut denied = PerReason::default();
         let mut audited = PerReason::default();
         for reason in policy.reasons() {
@@ -117,13 +117,14 @@ impl<H: Host> Enforcer<H> {
             COUNTERS_KEY,
             &Counters::decode(None, policy.rate_limit.as_ref(), now_ms).encode(),
         );
-        let inflight = policy.max_inflight.and_then(|_| {
-            host.define_metric(
+        let inflight = match policy.max_inflight {
+            Some(_) => Stat::define(
+                &host,
                 MetricType::Gauge,
                 &metrics::name(function, "policy.inflight"),
-            )
-            .ok()
-        });
+            ),
+            None => Stat::default(),
+        };
         Enforcer {
             owner,
             policy: policy.clone(),
@@ -147,9 +148,7 @@ impl<H: Host> Enforcer<H> {
 
     /// A request passed every check.
     pub fn count_allowed(&self) {
-        if let Some(id) = self.allowed {
-            let _ = self.host.increment_metric(id, 1);
-        }
+        self.allowed.add(&self.host, 1);
     }
 
     /// A check failed. Enforce: the reply to send. Audit: counted and logged, the request goes
@@ -157,8 +156,8 @@ impl<H: Host> Enforcer<H> {
     pub fn deny(&self, reason: Reason, call_id: &str, retry_after: u64) -> Option<LocalReply> {
         match self.policy.mode {
             PolicyMode::Enforce => {
-                if let Some(Some(id)) = self.denied.get(index(reason)) {
-                    let _ = self.host.increment_metric(*id, 1);
+                if let Some(stat) = self.denied.get(index(reason)) {
+                    stat.add(&self.host, 1);
                 }
                 log::warn!(
                     "call {call_id} for function {:?}: denied ({})",
@@ -172,8 +171,8 @@ impl<H: Host> Enforcer<H> {
                 ))
             }
             PolicyMode::Audit => {
-                if let Some(Some(id)) = self.audited.get(index(reason)) {
-                    let _ = self.host.increment_metric(*id, 1);
+                if let Some(stat) = self.audited.get(index(reason)) {
+                    stat.add(&self.host, 1);
                 }
                 log::warn!(
                     "audit: call {call_id} for function {:?} would be denied ({}); let through",
@@ -314,9 +313,7 @@ impl<H: Host> Enforcer<H> {
     /// Moves the in-flight gauge by the change (atomic in Envoy: workers' updates commute, where
     /// setting it to a value read before another worker's write could leave it stale).
     fn adjust_inflight(&self, delta: i64) {
-        if let Some(id) = self.inflight {
-            let _ = self.host.increment_metric(id, delta);
-        }
+        self.inflight.add(&self.host, delta);
     }
 }
 

@@ -10,13 +10,13 @@
 
 use crate::body_budget;
 use crate::config::{Config, Keep, PolicyMode};
-use crate::enforcement::{self, Enforcer};
 use crate::header_map;
-use crate::host::{self, Abi, Host, HostLogger};
+use crate::host::gate::{Arrival, Gate, HoldState};
+use crate::host::policy::{self as host_policy, Enforcer};
+use crate::host::{self, send_reply, Abi, Host, HostLogger, Stat};
 use crate::metrics;
 use crate::plan::{Plan, PodInfo};
 use crate::policy::Reason;
-use crate::readiness::{Admission, Gate, HoldState};
 use crate::reply::{self, LocalReply};
 use crate::request::{self, Incoming, Peer};
 use crate::timing;
@@ -31,7 +31,7 @@ proxy_wasm::main! {{
             plan: None,
             gate: None,
             enforcer: None,
-            counters: Counters::default(),
+            stats: RequestStats::default(),
         })
     });
 }}
@@ -41,24 +41,24 @@ struct Root {
     gate: Option<Rc<Gate<Abi>>>,
     /// Present when the local function's policy has rules and is not `off`.
     enforcer: Option<Rc<Enforcer<Abi>>>,
-    counters: Counters,
+    stats: RequestStats,
 }
 
-/// Per-request stats of the local function (metric ids).
+/// Per-request stats of the local function.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counters {
-    requests: Option<u32>,
-    rewritten: Option<u32>,
-    not_found: Option<u32>,
+struct RequestStats {
+    requests: Stat,
+    rewritten: Stat,
+    not_found: Stat,
 }
 
-impl Counters {
+impl RequestStats {
     #[inline(never)]
-    fn define(function: &str) -> Counters {
+    fn define(function: &str) -> RequestStats {
         let counter = |metric: &str| {
-            host::define_metric(MetricType::Counter, &metrics::name(function, metric)).ok()
+            Stat::define(&Abi, MetricType::Counter, &metrics::name(function, metric))
         };
-        Counters {
+        RequestStats {
             requests: counter("requests"),
             rewritten: counter("rewritten"),
             not_found: counter("not_found"),
@@ -66,10 +66,8 @@ impl Counters {
     }
 }
 
-fn count(metric: Option<u32>) {
-    if let Some(id) = metric {
-        let _ = host::increment_metric(id, 1);
-    }
+fn count(stat: Stat) {
+    stat.add(&Abi, 1);
 }
 
 impl Context for Root {
@@ -111,16 +109,20 @@ impl RootContext for Root {
                 self.enforcer = plan.policy.is_active().then(|| {
                     Rc::new(Enforcer::new(
                         Abi,
-                        enforcement::vm_owner(),
+                        host_policy::vm_owner(),
                         &plan.policy,
                         plan.function_or_empty(),
                     ))
                 });
-                self.counters = Counters::define(plan.function_or_empty());
+                self.stats = RequestStats::define(plan.function_or_empty());
                 if plan.readiness.is_some() {
                     host::create_shared_data(body_budget::KEY, b"0");
                 }
-                count(host::define_metric(MetricType::Counter, metrics::CONFIG_LOADED).ok());
+                count(Stat::define(
+                    &Abi,
+                    MetricType::Counter,
+                    metrics::CONFIG_LOADED,
+                ));
                 // The gate's tick (at most 1 s) also serves the enforcer's heartbeat.
                 let tick = (self.gate.as_ref().map(|g| g.tick_ms()))
                     .or(self.enforcer.as_ref().map(|e| e.tick_ms()))
@@ -136,7 +138,11 @@ impl RootContext for Root {
             Err(problem) => {
                 // Envoy rejects the plugin; the sidecar keeps its last good configuration.
                 log::error!("invalid configuration: {problem}");
-                count(host::define_metric(MetricType::Counter, metrics::CONFIG_REJECTED).ok());
+                count(Stat::define(
+                    &Abi,
+                    MetricType::Counter,
+                    metrics::CONFIG_REJECTED,
+                ));
                 false
             }
         }
@@ -156,7 +162,7 @@ impl RootContext for Root {
             plan: self.plan.clone(),
             gate: self.gate.clone(),
             enforcer: self.enforcer.clone(),
-            counters: self.counters,
+            stats: self.stats,
             context_id,
             call_id: String::new(),
             start_nanos: 0,
@@ -202,9 +208,7 @@ fn report_annotations(plan: &Plan) {
         ("annotations.applied", applied),
         ("annotations.refused", refused),
     ] {
-        if let Ok(id) = host::define_metric(MetricType::Gauge, &metrics::name(function, what)) {
-            let _ = host::record_metric(id, n);
-        }
+        Stat::define(&Abi, MetricType::Gauge, &metrics::name(function, what)).record(&Abi, n);
     }
 }
 
@@ -260,7 +264,7 @@ struct Call {
     plan: Option<Rc<Plan>>,
     gate: Option<Rc<Gate<Abi>>>,
     enforcer: Option<Rc<Enforcer<Abi>>>,
-    counters: Counters,
+    stats: RequestStats,
     context_id: u32,
     call_id: String,
     start_nanos: u64,
@@ -324,7 +328,7 @@ impl HttpContext for Call {
         let Some(plan) = self.plan.clone() else {
             return Action::Continue;
         };
-        count(self.counters.requests);
+        count(self.stats.requests);
         // What the request carries, in one read of its header map and one pass over it.
         self.start_nanos = host::now_nanos().unwrap_or(0);
         let headers = host::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
@@ -344,7 +348,7 @@ impl HttpContext for Call {
         // The connection's identity, only when the policy or the gateway check needs it.
         let identity = incoming
             .needs_peer(&plan)
-            .then(|| enforcement::peer_of(&Abi, plan.policy.needs_peer()));
+            .then(|| host_policy::peer_of(&Abi, plan.policy.needs_peer()));
         let peer = identity
             .as_ref()
             .map_or(Peer::default(), |(mtls, principal)| Peer {
@@ -358,10 +362,10 @@ impl HttpContext for Call {
         drop(headers);
         self.call_id = decision.call_id;
         if decision.rewritten {
-            count(self.counters.rewritten);
+            count(self.stats.rewritten);
         }
         if decision.not_found {
-            count(self.counters.not_found);
+            count(self.stats.not_found);
         }
         if let Some(enforcer) = &self.enforcer {
             for reason in &decision.denied {
@@ -401,8 +405,8 @@ impl HttpContext for Call {
                     return self.answer(&plan, reply::TOO_LARGE_TO_HOLD);
                 }
                 match gate.admit(self.context_id, &self.call_id, gateway_probe) {
-                    Admission::Go => {}
-                    Admission::Held(state) => {
+                    Arrival::Go => {}
+                    Arrival::Held(state) => {
                         if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {
                             // Released or not, the headers wait for the whole body.
                             state.set(HoldState::HeldReadingBody);
@@ -410,7 +414,7 @@ impl HttpContext for Call {
                         self.hold = Some(state);
                         return Action::Pause;
                     }
-                    Admission::QueueFull => return self.answer(&plan, gate.queue_full_reply()),
+                    Arrival::QueueFull => return self.answer(&plan, gate.queue_full_reply()),
                 }
             }
         }
@@ -671,12 +675,13 @@ impl Call {
             self.hold = None;
         }
         self.release_held_bytes();
-        let names = &plan.headers;
-        let body = reply.body(plan.function_or_empty(), &self.call_id);
-        let headers = reply.headers(&names.call_id, &self.call_id);
-        if let Err(e) = host::send_local_response(reply.status, reply.details, &body, &headers) {
-            log::warn!("call {}: local reply failed ({e:?})", self.call_id);
-        }
+        send_reply(
+            &Abi,
+            &reply,
+            plan.function_or_empty(),
+            &plan.headers.call_id,
+            &self.call_id,
+        );
         self.answered_locally = true;
         Action::Pause
     }
