@@ -459,12 +459,31 @@ impl<H: Host> Gate<H> {
                         self.function,
                         self.probe_path()
                     );
+                    self.clear_held_records();
                 }
                 self.adopt(state);
             }
             // Shared data unusable: at least this worker knows.
             None => self.ready.set(true),
         }
+    }
+
+    /// The function is ready: nothing is held in the pod any more (every worker releases what it
+    /// holds on its next tick), so the pod's held count and held bytes start again from zero.
+    /// Whatever a VM that died (a trap) still had counted there is dropped with them; the live
+    /// workers' releases that follow take away nothing more (the records never go below zero).
+    fn clear_held_records(&self) {
+        let dropped = self
+            .host
+            .update_shared_data(PENDING_KEY, CAS_ROUNDS, |value| {
+                (Some(b"0".to_vec()), decode_number(value))
+            });
+        if let Some(dropped) = dropped {
+            self.stats
+                .pending
+                .add(&self.host, -i64::try_from(dropped).unwrap_or(0));
+        }
+        let _ = self.host.set_shared_data(crate::body_budget::KEY, b"0", 0);
     }
 
     /// Starts a probe if none is in flight in the pod and the retry interval has passed. Called
@@ -805,5 +824,35 @@ mod tests {
         ga.on_tick();
         assert!(!ga.is_ready(), "the other worker holds again too");
         held(ga.admit(3, "3", false));
+    }
+
+    #[test]
+    fn what_a_dead_worker_held_is_cleared_when_the_function_is_ready() {
+        let (pod, [(a, ga), (_, gb)]) = pod(r#"{"readiness":{"max_pending":3}}"#);
+        held(gb.admit(1, "1", false));
+        held(gb.admit(2, "2", false));
+        drop(gb); // this worker's VM traps: it never releases what it counted
+        held(ga.admit(3, "3", false));
+        assert!(matches!(ga.admit(4, "4", false), Arrival::QueueFull));
+        pod.worker()
+            .set_shared_data(crate::body_budget::KEY, b"4096", 0)
+            .unwrap();
+        ga.on_tick();
+        answer(&a, &ga, "200");
+        assert_eq!(a.resumed(), [3]);
+        assert_eq!(
+            pod.metric("faas_mesh_filter.function.env.readiness.pending"),
+            0
+        );
+        assert_eq!(pod.shared(PENDING_KEY).as_deref(), Some(&b"0"[..]));
+        assert_eq!(
+            pod.shared(crate::body_budget::KEY).as_deref(),
+            Some(&b"0"[..])
+        );
+        // The function goes away again: the whole max_pending is there for the next start.
+        ga.upstream_gone();
+        for ctx in 10..13 {
+            held(ga.admit(ctx, "x", false));
+        }
     }
 }
