@@ -143,8 +143,11 @@ pub struct Decision<'p> {
     pub call_id: String,
     /// Answer the request with this reply now (the route or a header check said so).
     pub reply: Option<LocalReply>,
-    /// Headers to write before the request goes on: `(name, Some(value))` sets, `None` removes.
-    /// Empty when `reply` is set.
+    /// The call id is new: write it under `headers.call_id` (kept apart from `writes` so the
+    /// adapter writes the one copy it holds).
+    pub write_call_id: bool,
+    /// The other headers to write before the request goes on: `(name, Some(value))` sets, `None`
+    /// removes. Empty (and `write_call_id` false) when `reply` is set.
     pub writes: Vec<(&'p str, Option<Vec<u8>>)>,
     /// The path was rewritten (for the `rewritten` stat) or refused by the route (`not_found`).
     pub rewritten: bool,
@@ -182,7 +185,9 @@ pub fn decide<'p>(
     let mut decision = Decision {
         call_id,
         reply: None,
-        writes: Vec::new(),
+        write_call_id: false,
+        // :path, start time, traceparent, b3 and B3's multi headers at most.
+        writes: Vec::with_capacity(10),
         rewritten: false,
         not_found: false,
         denied: Vec::new(),
@@ -217,11 +222,7 @@ pub fn decide<'p>(
         Route::Unprefixed => {}
     }
     let names = &plan.headers;
-    if need.call_id {
-        decision
-            .writes
-            .push((&names.call_id, Some(decision.call_id.clone().into_bytes())));
-    }
+    decision.write_call_id = need.call_id;
     let start_time = match (from_gateway, incoming.start_times) {
         (false, _) => Some(timing::decimal(now_nanos).into_bytes()),
         (true, 1) => None,
@@ -263,6 +264,7 @@ pub fn decide<'p>(
             if policy.mode == crate::config::PolicyMode::Enforce {
                 decision.reply = Some(reply::denied(reason, 0, &policy.allow));
                 decision.writes.clear();
+                decision.write_call_id = false;
                 return decision;
             }
         }
@@ -323,12 +325,10 @@ mod tests {
         assert!(d.reply.is_none());
         assert!(d.rewritten);
         let names: Vec<&str> = d.writes.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            names,
-            [":path", "x-call-id", "x-start-time", "traceparent", "b3"]
-        );
+        assert_eq!(names, [":path", "x-start-time", "traceparent", "b3"]);
+        assert!(d.write_call_id);
         assert_eq!(d.writes[0].1.as_deref(), Some(&b"/x?q=1"[..]));
-        assert_eq!(d.writes[2].1.as_deref(), Some(&b"1700000000000000000"[..]));
+        assert_eq!(d.writes[1].1.as_deref(), Some(&b"1700000000000000000"[..]));
         assert_eq!(d.call_id.len(), 36);
     }
 

@@ -375,6 +375,13 @@ impl HttpContext for Call {
         if let Some(reply) = decision.reply {
             return self.answer(&plan, reply);
         }
+        if decision.write_call_id {
+            let _ = host::set_header(
+                MapType::HttpRequestHeaders,
+                &plan.headers.call_id,
+                self.call_id.as_bytes(),
+            );
+        }
         for (name, value) in &decision.writes {
             let _ = match value {
                 Some(value) => host::set_header(MapType::HttpRequestHeaders, name, value),
