@@ -26,9 +26,8 @@ pub const KEYS: [&str; 7] = [
 
 /// Why an annotation is refused: the texts are fixed (the log line adds the name and value), so
 /// the module carries no formatting for them.
-const NARROW_ONLY: &str = "it would widen the operator's rule, and an annotation may only narrow";
-const UNKNOWN: &str = "unknown annotation (expected one of: methods, principals, require_mtls, \
-     max_body_bytes, max_inflight, rate_limit.requests_per_second, rate_limit.burst)";
+const NARROW_ONLY: &str = "it would widen the operator's rule";
+const UNKNOWN: &str = "not one of the filter's annotations";
 
 /// What became of one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
