@@ -319,6 +319,35 @@ async fn send_h2_inner(addr: SocketAddr, requests: &[Request]) -> io::Result<Vec
     Ok(out)
 }
 
+/// A request body sent as separate data frames with no size known up front (so no
+/// `content-length`), optionally ending in trailers: what chunked HTTP/1.1 and HTTP/2 streams
+/// look like to the sidecar.
+pub struct Frames {
+    pub chunks: Vec<Bytes>,
+    pub trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use hyper::body::Frame;
+        use std::task::Poll;
+        if !self.chunks.is_empty() {
+            let chunk = self.chunks.remove(0);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Ready(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,12 +10,8 @@
 use bytes::Bytes;
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
-use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::http::{self, Frames, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
-use hyper::body::{Body, Frame};
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 const LIMIT: usize = 1000;
@@ -31,32 +27,6 @@ async fn pod(plugin_config: &str) -> (StandInFunction, Envoy) {
         .expect("Envoy");
     assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
     (function, envoy)
-}
-
-/// A body sent as separate data frames with no size known up front (so no `content-length`),
-/// optionally ending in trailers.
-struct Unsized {
-    chunks: Vec<Bytes>,
-    trailers: Option<hyper::HeaderMap>,
-}
-
-impl Body for Unsized {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if !self.chunks.is_empty() {
-            let chunk = self.chunks.remove(0);
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        if let Some(trailers) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        Poll::Ready(None)
-    }
 }
 
 /// POSTs `len` bytes over HTTP/2 without a length; returns the status, the call id header and
@@ -80,7 +50,7 @@ async fn h2_unsized(envoy: &Envoy, len: usize, with_trailers: bool) -> (u16, Str
         t
     });
     let request = hyper::Request::post(format!("http://{}/function/env/upload", envoy.addr()))
-        .body(Unsized {
+        .body(Frames {
             chunks: body.chunks(300).map(Bytes::copy_from_slice).collect(),
             trailers,
         })

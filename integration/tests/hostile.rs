@@ -3,12 +3,8 @@
 
 use bytes::Bytes;
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
-use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::http::{self, Frames, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
-use hyper::body::{Body, Frame};
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 /// The function allows GET and POST, bodies up to 1000 bytes.
 const POLICY: &str =
@@ -171,30 +167,6 @@ async fn oversized_and_numerous_headers_are_refused_by_envoy_with_431() {
     assert!(response.header("x-call-id").is_some());
 }
 
-/// A body in one frame, then trailers: no Content-Length, no end of stream on the data.
-struct WithTrailers {
-    data: Option<Bytes>,
-    trailers: Option<hyper::HeaderMap>,
-}
-
-impl Body for WithTrailers {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(data) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if let Some(trailers) = self.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        Poll::Ready(None)
-    }
-}
-
 async fn h2_post_with_trailers(envoy: &Envoy, len: usize) -> u16 {
     let stream = tokio::net::TcpStream::connect(envoy.addr())
         .await
@@ -209,8 +181,8 @@ async fn h2_post_with_trailers(envoy: &Envoy, len: usize) -> u16 {
     let mut trailers = hyper::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
     let request = hyper::Request::post(format!("http://{}/function/env/upload", envoy.addr()))
-        .body(WithTrailers {
-            data: Some(Bytes::from(vec![b'b'; len])),
+        .body(Frames {
+            chunks: vec![Bytes::from(vec![b'b'; len])],
             trailers: Some(trailers),
         })
         .expect("request");

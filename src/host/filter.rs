@@ -291,20 +291,8 @@ impl Call {
 }
 
 impl Context for Call {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        _body_size: usize,
-        _num_trailers: usize,
-    ) {
-        // A probe started while admitting this request answers here (the host routes a call's
-        // answer to the context that made it).
-        if let Some(gate) = &self.gate {
-            gate.on_probe_answer(token_id);
-        }
-    }
-
+    // Probes go out from the root context only (the pod's, not a client's), so their answers
+    // arrive there, never here.
     fn on_done(&mut self) -> bool {
         self.release_held_bytes();
         if self.inflight {
