@@ -269,7 +269,45 @@ pub async fn send_h2(addr: SocketAddr, requests: &[Request]) -> io::Result<Vec<R
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
 }
 
+/// Sends one request over HTTP/2 with its body as separate data frames of `chunk` bytes and no
+/// length (as a streaming client or the OpenFaaS gateway does), then `trailers` if given.
+pub async fn send_h2_frames(
+    addr: SocketAddr,
+    request: &Request,
+    chunk: usize,
+    trailers: Option<hyper::HeaderMap>,
+) -> io::Result<Response> {
+    let body = |r: &Request| Frames {
+        chunks: r
+            .body
+            .chunks(chunk.max(1))
+            .map(Bytes::copy_from_slice)
+            .collect(),
+        trailers: trailers.clone(),
+    };
+    let exchange = send_h2_with(addr, std::slice::from_ref(request), body);
+    let mut responses = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))??;
+    responses
+        .pop()
+        .ok_or_else(|| io::Error::other("no response"))
+}
+
 async fn send_h2_inner(addr: SocketAddr, requests: &[Request]) -> io::Result<Vec<Response>> {
+    send_h2_with(addr, requests, |r| Full::new(Bytes::from(r.body.clone()))).await
+}
+
+/// Sends requests over one HTTP/2 connection with prior knowledge, each body made by `body`.
+async fn send_h2_with<B>(
+    addr: SocketAddr,
+    requests: &[Request],
+    body: impl Fn(&Request) -> B,
+) -> io::Result<Vec<Response>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, connection) =
@@ -286,9 +324,7 @@ async fn send_h2_inner(addr: SocketAddr, requests: &[Request]) -> io::Result<Vec
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let req = builder
-            .body(Full::new(Bytes::from(request.body.clone())))
-            .map_err(io::Error::other)?;
+        let req = builder.body(body(request)).map_err(io::Error::other)?;
         let response = sender.send_request(req).await.map_err(io::Error::other)?;
         let status = response.status().as_u16();
         let headers = response

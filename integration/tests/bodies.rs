@@ -7,10 +7,9 @@
 //! - `readiness.max_pending_bytes`: the bodies held while the function is not ready are bounded
 //!   per pod, and what does not fit is answered at once.
 
-use bytes::Bytes;
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
-use faas_mesh_integration::http::{self, Frames, Request, Response};
+use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::Duration;
 
@@ -29,54 +28,18 @@ async fn pod(plugin_config: &str) -> (StandInFunction, Envoy) {
     (function, envoy)
 }
 
-/// POSTs `len` bytes over HTTP/2 without a length; returns the status, the call id header and
-/// the body.
-async fn h2_unsized(envoy: &Envoy, len: usize, with_trailers: bool) -> (u16, String, Vec<u8>) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(envoy.addr())
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2");
-    let driver = tokio::spawn(connection);
+/// POSTs `len` bytes over HTTP/2 in frames of 300 bytes without a length, then trailers if asked.
+async fn h2_unsized(envoy: &Envoy, len: usize, with_trailers: bool) -> Response {
     let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
     let trailers = with_trailers.then(|| {
         let mut t = hyper::HeaderMap::new();
         t.insert("x-checksum", "abc".parse().expect("value"));
         t
     });
-    let request = hyper::Request::post(format!("http://{}/function/env/upload", envoy.addr()))
-        .body(Frames {
-            chunks: body.chunks(300).map(Bytes::copy_from_slice).collect(),
-            trailers,
-        })
-        .expect("request");
-    let exchange = async {
-        let response = sender.send_request(request).await.expect("response");
-        let status = response.status().as_u16();
-        let call_id = response
-            .headers()
-            .get("x-call-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, call_id, body.to_vec())
-    };
-    let out = tokio::time::timeout(http::EXCHANGE_TIMEOUT, exchange)
+    let request = Request::new("POST", "/function/env/upload").body(body);
+    http::send_h2_frames(envoy.addr(), &request, 300, trailers)
         .await
-        .expect("an answer in time");
-    driver.abort();
-    out
+        .expect("an answer in time")
 }
 
 fn chunked(len: usize) -> Request {
@@ -106,10 +69,8 @@ async fn a_body_of_unknown_length_over_the_limit_never_reaches_the_function() {
         let response = envoy.send(&chunked(len)).await.expect("response");
         assert_413(&response, &format!("chunked {len}"));
         for trailers in [false, true] {
-            let (status, call_id, body) = h2_unsized(&envoy, len, trailers).await;
-            assert_eq!(status, 413, "h2 {len} trailers={trailers}");
-            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON reply");
-            assert_eq!(body["call_id"], call_id.as_str());
+            let response = h2_unsized(&envoy, len, trailers).await;
+            assert_413(&response, &format!("h2 {len} trailers={trailers}"));
         }
     }
     assert_eq!(
@@ -123,10 +84,9 @@ async fn a_body_of_unknown_length_over_the_limit_never_reaches_the_function() {
         assert_eq!(response.status, 200, "chunked {len}");
         assert_eq!(response.json()["body"].as_str().map(str::len), Some(len));
         for trailers in [false, true] {
-            let (status, _, body) = h2_unsized(&envoy, len, trailers).await;
-            assert_eq!(status, 200, "h2 {len} trailers={trailers}");
-            let echo: serde_json::Value = serde_json::from_slice(&body).expect("echo");
-            assert_eq!(echo["body"].as_str().map(str::len), Some(len));
+            let response = h2_unsized(&envoy, len, trailers).await;
+            assert_eq!(response.status, 200, "h2 {len} trailers={trailers}");
+            assert_eq!(response.json()["body"].as_str().map(str::len), Some(len));
         }
     }
     assert_eq!(function.calls(), 12);

@@ -1,9 +1,8 @@
 //! Hostile requests through a real Envoy: each gets a defined outcome (passed clean, rewritten, or
 //! a clear 4xx), never a crash, a 5xx or a way around the policy.
 
-use bytes::Bytes;
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
-use faas_mesh_integration::http::{self, Frames, Request, Response};
+use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 
 /// The function allows GET and POST, bodies up to 1000 bytes.
@@ -168,32 +167,13 @@ async fn oversized_and_numerous_headers_are_refused_by_envoy_with_431() {
 }
 
 async fn h2_post_with_trailers(envoy: &Envoy, len: usize) -> u16 {
-    let stream = tokio::net::TcpStream::connect(envoy.addr())
-        .await
-        .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2");
-    let driver = tokio::spawn(connection);
     let mut trailers = hyper::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().expect("value"));
-    let request = hyper::Request::post(format!("http://{}/function/env/upload", envoy.addr()))
-        .body(Frames {
-            chunks: vec![Bytes::from(vec![b'b'; len])],
-            trailers: Some(trailers),
-        })
-        .expect("request");
-    let status = tokio::time::timeout(http::EXCHANGE_TIMEOUT, sender.send_request(request))
+    let request = Request::new("POST", "/function/env/upload").body(vec![b'b'; len]);
+    http::send_h2_frames(envoy.addr(), &request, len, Some(trailers))
         .await
-        .expect("in time")
         .expect("response")
-        .status()
-        .as_u16();
-    driver.abort();
-    status
+        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
