@@ -14,7 +14,6 @@ use crate::manifest::Patches;
 use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -296,16 +295,7 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill this child if the
-        // thread that started it (the test) goes away without stopping it.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::dies_with_the_test(&mut command);
         let child = command
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;

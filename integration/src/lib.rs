@@ -19,6 +19,22 @@ pub mod tls;
 
 use std::path::PathBuf;
 
+/// Has the kernel kill the child `command` starts if the thread that started it (the test) goes
+/// away without stopping it, so a failed test leaves no process behind.
+pub(crate) fn dies_with_the_test(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent; an exec'ed program
+    // keeps the setting (`ip netns exec` execs the program itself).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The repository root (the parent of this crate).
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

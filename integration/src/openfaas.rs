@@ -28,7 +28,6 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,16 +215,7 @@ impl Netns {
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output);
-        // SAFETY: prctl is async-signal-safe; the child dies with the test (`ip netns exec`
-        // execs the program itself, which keeps the setting).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::dies_with_the_test(&mut command);
         command.spawn()
     }
 }
