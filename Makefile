@@ -44,11 +44,13 @@ CARGO_FUZZ_VERSION := 0.13.1
 
 .PHONY: fuzz fuzz-smoke fuzz-setup
 
-# The real OpenFaaS runtime for the integration tests (integration/tests/openfaas*.rs): of-watchdog
-# and the gateway, built from the source archives beside the repository (CI clones the project
-# next to shared/) with Debian's Go, vendored dependencies only, into target/openfaas/ (ignored).
-# (A worktree one level further down finds them one level further up.)
-THIRDPARTY   ?= $(firstword $(wildcard $(CURDIR)/../shared/thirdparty $(CURDIR)/../../shared/thirdparty) $(CURDIR)/../shared/thirdparty)
+# The real OpenFaaS runtime for the integration tests (integration/tests/openfaas.rs): of-watchdog
+# and the gateway, built from source at pinned commits with Debian's Go, vendored dependencies only,
+# into target/openfaas/ (ignored). tools/thirdparty.sh gets the source: from THIRDPARTY, a folder
+# holding the two archives (an offline mirror), when it is set; otherwise by git, into
+# .cache/thirdparty/ (ignored). Either way it checks the commit ids.
+THIRDPARTY   ?=
+export THIRDPARTY
 OPENFAAS_DIR := target/openfaas
 OF_WATCHDOG  := $(OPENFAAS_DIR)/of-watchdog
 OF_GATEWAY   := $(OPENFAAS_DIR)/of-gateway
@@ -56,7 +58,7 @@ GO_BUILD      = GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 go build -o
 export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
 export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
-.PHONY: openfaas go cold-start
+.PHONY: openfaas openfaas-sources go cold-start
 .PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
@@ -79,7 +81,7 @@ ACTIONLINT_VENV    := .tools/actionlint
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed validate/node_modules/.installed openfaas ## install the wasm target, the pinned Envoy, the validators, the OCI tools, of-watchdog and the gateway
+setup: $(VENV)/.installed validate/node_modules/.installed ## install the wasm target, the pinned Envoy, the validators and the OCI tools
 	rustup target add $(TARGET)
 	@# skopeo and a registry for the OCI round trip (Debian packages).
 	@if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null; then \
@@ -111,19 +113,22 @@ go:
 	fi
 	@go version
 
-openfaas: $(OF_WATCHDOG) $(OF_GATEWAY) ## build the real of-watchdog and OpenFaaS gateway (Debian golang-go, no download) into target/openfaas/
+openfaas: $(OF_WATCHDOG) $(OF_GATEWAY) ## build the real of-watchdog and OpenFaaS gateway (Debian golang-go) into target/openfaas/
 
-$(THIRDPARTY)/%.tar.gz:
-	@echo "missing $@: the OpenFaaS source archives are expected in ../shared/thirdparty beside this checkout (or set THIRDPARTY=<dir>)" >&2; exit 1
+# First, so that `make test` without the sources fails at once, not after the unit tests.
+openfaas-sources: ## get the OpenFaaS sources at their pinned commits (THIRDPARTY=<mirror>, or git)
+	@tools/thirdparty.sh fetch
 
-$(OF_WATCHDOG): $(THIRDPARTY)/of-watchdog-5d4cadc.tar.gz | go
-	rm -rf $(OPENFAAS_DIR)/src/of-watchdog && mkdir -p $(OPENFAAS_DIR)/src/of-watchdog
-	tar -xzf $< -C $(OPENFAAS_DIR)/src/of-watchdog
+$(OF_WATCHDOG): tools/thirdparty.sh | go
+	@archive=$$(tools/thirdparty.sh archive of-watchdog) && \
+	  rm -rf $(OPENFAAS_DIR)/src/of-watchdog && mkdir -p $(OPENFAAS_DIR)/src/of-watchdog && \
+	  echo "building of-watchdog from $$archive" && tar -xzf "$$archive" -C $(OPENFAAS_DIR)/src/of-watchdog
 	cd $(OPENFAAS_DIR)/src/of-watchdog && $(GO_BUILD) $(CURDIR)/$@ .
 
-$(OF_GATEWAY): $(THIRDPARTY)/faas-b1ef4b49.tar.gz | go
-	rm -rf $(OPENFAAS_DIR)/src/faas && mkdir -p $(OPENFAAS_DIR)/src/faas
-	tar -xzf $< -C $(OPENFAAS_DIR)/src/faas
+$(OF_GATEWAY): tools/thirdparty.sh | go
+	@archive=$$(tools/thirdparty.sh archive faas) && \
+	  rm -rf $(OPENFAAS_DIR)/src/faas && mkdir -p $(OPENFAAS_DIR)/src/faas && \
+	  echo "building the gateway from $$archive" && tar -xzf "$$archive" -C $(OPENFAAS_DIR)/src/faas
 	cd $(OPENFAAS_DIR)/src/faas/gateway && $(GO_BUILD) $(CURDIR)/$@ .
 
 build: ## build the filter module (release .wasm)
@@ -141,20 +146,25 @@ wasm-target:
 unit: wasm-target ## unit tests: the filter's pure modules and the tools (native, no Envoy)
 	cargo test -p faas-mesh-filter -p faas-mesh-tools
 
-integration: setup build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
+integration: setup openfaas build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
 
 COLD_START_ROUNDS ?= 10
-cold-start: setup build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
+cold-start: setup openfaas build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
 	ENVOY_BIN="$(ENVOY_BIN)" COLD_START_ROUNDS=$(COLD_START_ROUNDS) COLD_START_OUT=$(CURDIR)/bench/results/cold-start.json \
 	  cargo test -p faas-mesh-integration --test openfaas -- held_calls_are_released_soon_after_the_function_answers --nocapture
 
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture
 
-test: unit integration ## the tests: unit, then integration against a real Envoy (with the release bundle)
+test: openfaas-sources unit integration ## the tests: unit, then integration against a real Envoy (with the release bundle)
 
-lint: wasm-target ## formatting and clippy (native and wasm32); needs only Rust
+lint: wasm-target ## formatting and clippy (native and wasm32), and no path outside the repository; needs only Rust
+	@# A public clone has nothing beside it: no tracked file but .ci/run (CI's offline mirrors) may
+	@# name a path outside the repository. ([e] keeps this line from matching itself.)
+	@if git grep -nIE '\.\./shar[e]d|/work/(shar[e]d|main)' -- ':!.ci/run'; then \
+	  echo "lint: the lines above name a path outside the repository; only .ci/run may" >&2; exit 1; \
+	fi
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) -p faas-mesh-filter -- -D warnings

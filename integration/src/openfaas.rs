@@ -1,7 +1,7 @@
 //! The real OpenFaaS runtime around the filter: of-watchdog and the gateway (built by
-//! `make openfaas` from `../shared/thirdparty/`), each in a network namespace the test creates and
-//! deletes, because both listen on fixed ports (the watchdog on :8080 and its metrics on :8081,
-//! the gateway on :8080 and :8082).
+//! `make openfaas` from source at pinned commits, see tools/thirdparty.sh), each in a network
+//! namespace the test creates and deletes, because both listen on fixed ports (the watchdog on
+//! :8080 and its metrics on :8081, the gateway on :8080 and :8082).
 //!
 //! The shape of one function pod and the gateway in front of it:
 //!
@@ -57,8 +57,9 @@ fn binary(var: &str, name: &str) -> io::Result<PathBuf> {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "no {name} at {}: run `make openfaas` (builds of-watchdog and the gateway from \
-                 ../shared/thirdparty with Debian's golang-go) or set {var}",
+                "no {name} at {}: run `make openfaas` (builds of-watchdog and the gateway at their \
+                 pinned commits with Debian's golang-go; THIRDPARTY=<mirror> or git gives the \
+                 source) or set {var}",
                 path.display()
             ),
         ))
