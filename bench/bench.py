@@ -1109,7 +1109,7 @@ def render_shares(data):
 
 
 def render_cold_start(cold):
-    return [f"`make cold-start`, {cold['summary']}."]
+    return [f"Measured by `make cold-start`: {cold['summary']}."]
 
 
 # docs/performance.md carries these blocks, each between its two marker lines; nothing else in
