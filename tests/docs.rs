@@ -45,7 +45,12 @@ fn documents() -> Vec<String> {
         .collect();
     let mut in_docs: Vec<String> = std::fs::read_dir(root().join("docs"))
         .expect("docs/")
-        .map(|e| e.expect("docs/ entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("docs/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".md"))
         .map(|name| format!("docs/{name}"))
         .collect();
@@ -153,11 +158,7 @@ fn anchors(text: &str) -> BTreeSet<String> {
         }
         let base = slug(t[hashes..].trim().trim_end_matches('#').trim());
         let n = seen.entry(base.clone()).or_insert(0);
-        out.insert(if *n == 0 {
-            base
-        } else {
-            format!("{base}-{n}")
-        });
+        out.insert(if *n == 0 { base } else { format!("{base}-{n}") });
         *n += 1;
     }
     out
@@ -258,7 +259,11 @@ fn link_problems(docs: &[String]) -> Vec<String> {
 fn every_relative_link_and_anchor_resolves() {
     let docs = documents();
     let problems = link_problems(&docs);
-    assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "broken links:\n{}",
+        problems.join("\n")
+    );
     // The check bites: a link to a missing heading, file or place outside is reported.
     let probe = "docs/.link-probe.md";
     let path = root().join(probe);
@@ -337,7 +342,12 @@ fn table_rows<'a>(text: &'a str, kind: &str) -> Vec<(usize, &'a str, &'a str)> {
             header = None;
             continue;
         }
-        let first = t.trim_start_matches('|').split('|').next().unwrap_or("").trim();
+        let first = t
+            .trim_start_matches('|')
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .trim();
         match header {
             None => header = Some(first),
             Some(_) if first.starts_with("---") || first.starts_with(":--") => {}
@@ -411,7 +421,10 @@ fn the_configuration_reference_lists_exactly_the_keys_the_parser_accepts() {
     assert!(documented_keys(&text).contains_key("policy.functions.<name>.methods"));
     // The check bites both ways: a key dropped from the reference, and one the parser refuses.
     let dropped = text.replace("| `readiness.max_pending_bytes` |", "| max pending bytes |");
-    assert!(dropped != text, "the probe found no readiness.max_pending_bytes row");
+    assert!(
+        dropped != text,
+        "the probe found no readiness.max_pending_bytes row"
+    );
     assert!(key_problems(&dropped)
         .iter()
         .any(|p| p.starts_with("readiness.max_pending_bytes: accepted by the parser")));
@@ -420,7 +433,9 @@ fn the_configuration_reference_lists_exactly_the_keys_the_parser_accepts() {
     let problems = key_problems(&dropped);
     for key in ["policy.default.methods", "policy.functions.<name>.methods"] {
         assert!(
-            problems.iter().any(|p| p.starts_with(&format!("{key}: accepted"))),
+            problems
+                .iter()
+                .any(|p| p.starts_with(&format!("{key}: accepted"))),
             "{problems:?}"
         );
     }
@@ -561,13 +576,20 @@ fn performance_prose(text: &str) -> (Vec<(usize, String)>, usize) {
             generated = true;
             blocks += 1;
         } else if line.starts_with("<!-- END GENERATED") {
-            assert!(generated, "docs/performance.md:{}: END without BEGIN", i + 1);
+            assert!(
+                generated,
+                "docs/performance.md:{}: END without BEGIN",
+                i + 1
+            );
             generated = false;
         } else if !generated {
             prose.push((i + 1, line.to_string()));
         }
     }
-    assert!(!generated, "docs/performance.md: a generated block is not closed");
+    assert!(
+        !generated,
+        "docs/performance.md: a generated block is not closed"
+    );
     (prose, blocks)
 }
 
@@ -606,7 +628,10 @@ fn figures(line: &str) -> Vec<String> {
 fn performance_figures_come_only_from_the_generated_results() {
     let text = read("docs/performance.md");
     let (prose, blocks) = performance_prose(&text);
-    assert!(blocks >= 2, "docs/performance.md has {blocks} generated blocks");
+    assert!(
+        blocks >= 2,
+        "docs/performance.md has {blocks} generated blocks"
+    );
     for (line, t) in &prose {
         let found = figures(t);
         assert!(
