@@ -514,3 +514,101 @@ fn non_zero_span(mut id: [u8; 8]) -> [u8; 8] {
     }
     id
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every mix of the contexts a caller can send, valid or not: what the bridge writes names
+    /// the trace Envoy's Zipkin tracer continues (b3 first, then x-b3-*), with the decision it
+    /// uses, and nothing at all when Envoy starts a trace of its own or has none.
+    #[test]
+    fn the_bridge_only_ever_names_envoys_trace() {
+        const T: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+        let traceparents = [
+            None,
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ];
+        let singles = [
+            None,
+            Some("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            Some("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1"),
+            Some("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-d-05e3ac9a4f6e3b90"),
+            Some("0"),
+            Some("80F198EE56343BA864FE8B2A57D3EFF7-e457b5a2e4d86bd1-1"),
+            Some(""),
+        ];
+        type Multi = [Option<&'static str>; 5];
+        let multis: [Multi; 7] = [
+            [None; 5],
+            [Some(T), Some("e457b5a2e4d86bd1"), None, Some("1"), None],
+            [
+                Some(T),
+                Some("e457b5a2e4d86bd1"),
+                Some("05e3ac9a4f6e3b90"),
+                None,
+                None,
+            ],
+            [
+                Some("a3ce929d0e0e4736"),
+                Some("e457b5a2e4d86bd1"),
+                None,
+                Some("0"),
+                None,
+            ],
+            [Some(T), Some("e457b5a2e4d86bd1"), None, None, Some("1")],
+            [
+                None,
+                Some("e457b5a2e4d86bd1"),
+                Some("05e3ac9a4f6e3b90"),
+                Some("1"),
+                None,
+            ],
+            [
+                Some("zz"),
+                Some("e457b5a2e4d86bd1"),
+                None,
+                Some("yes"),
+                None,
+            ],
+        ];
+        for tp in traceparents {
+            for single in singles {
+                for m in multis {
+                    let b = |v: Option<&'static str>| v.map(str::as_bytes);
+                    let incoming = Incoming {
+                        traceparent: b(tp),
+                        b3_single: b(single),
+                        b3_trace_id: b(m[0]),
+                        b3_span_id: b(m[1]),
+                        b3_parent_span_id: b(m[2]),
+                        b3_sampled: b(m[3]),
+                        b3_flags: b(m[4]),
+                    };
+                    let what = format!("{incoming:?}");
+                    let envoy = envoy_context(&incoming);
+                    for (name, value) in bridge(&incoming, true, true) {
+                        let Some(value) = value else { continue };
+                        let Some(Some((caller, _))) = envoy else {
+                            panic!("{name} written although Envoy does not continue: {what}");
+                        };
+                        let reread = Incoming {
+                            traceparent: (name == names::TRACEPARENT).then_some(value.as_bytes()),
+                            b3_single: (name == names::B3).then_some(value.as_bytes()),
+                            ..Incoming::default()
+                        };
+                        let (again, source) = child(&reread, [1; 16], [1; 8]);
+                        assert_ne!(source, Source::New, "{name} {value}: {what}");
+                        assert_eq!(again.trace_id, caller.trace_id, "{name}: {what}");
+                        let decided = caller.sampled.or(caller.debug.then_some(true));
+                        assert_eq!(
+                            again.sampled.or(again.debug.then_some(true)),
+                            decided,
+                            "{name} {value}: {what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
