@@ -77,6 +77,22 @@ pub struct HeadersSection {
 pub struct TracingSection {
     pub b3: bool,
     pub w3c: bool,
+    /// Who creates this hop's span: Envoy's own tracer (the connection manager has a `tracing`
+    /// block, as in a default Istio mesh) or the filter (no tracer in the sidecar).
+    pub owner: TraceOwner,
+}
+
+/// `tracing.owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceOwner {
+    /// Envoy's tracer owns the trace: it reads the caller's context before any HTTP filter runs
+    /// and writes its own span into the request at the router, after them. The filter creates
+    /// no ids; it only makes the formats Envoy does not write name Envoy's trace (or removes
+    /// them).
+    Envoy,
+    /// No tracer in the sidecar: the filter continues the caller's trace with a span of its own,
+    /// or starts one.
+    Filter,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +204,8 @@ impl Default for Config {
             tracing: TracingSection {
                 b3: true,
                 w3c: true,
+                // Istio turns its tracer on by default (Zipkin, 1 % sampling).
+                owner: TraceOwner::Envoy,
             },
             readiness: ReadinessSection {
                 enabled: true,
@@ -332,6 +350,12 @@ impl Config {
             if let Some(b) = o.boolean("w3c")? {
                 config.tracing.w3c = b;
             }
+            if let Some(v) = o.one_of("owner", &["envoy", "filter"])? {
+                config.tracing.owner = match v {
+                    "filter" => TraceOwner::Filter,
+                    _ => TraceOwner::Envoy,
+                };
+            }
         }
         if let Some(o) = root.object("readiness", READINESS_KEYS)? {
             let r = &mut config.readiness;
@@ -408,7 +432,7 @@ pub const HEADERS_KEYS: &[&str] = &[
     "duration",
     "trust_incoming_call_id",
 ];
-pub const TRACING_KEYS: &[&str] = &["b3", "w3c"];
+pub const TRACING_KEYS: &[&str] = &["b3", "w3c", "owner"];
 pub const READINESS_KEYS: &[&str] = &[
     "enabled",
     "cluster",

@@ -8,6 +8,7 @@
 //! need shared data (rate, in-flight) and the readiness gate come after, in the adapter.
 
 use crate::call_id;
+use crate::config::TraceOwner;
 use crate::header_map;
 use crate::plan::Plan;
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
@@ -86,7 +87,8 @@ impl<'a> Incoming<'a> {
     pub fn entropy_needed(&self, plan: &Plan) -> Entropy {
         Entropy {
             call_id: !self.keeps_call_id(plan),
-            trace: plan.tracing.b3 || plan.tracing.w3c,
+            trace: plan.tracing.owner == TraceOwner::Filter
+                && (plan.tracing.b3 || plan.tracing.w3c),
         }
     }
 }
@@ -231,18 +233,20 @@ pub fn decide<'p>(
     if let Some(value) = start_time {
         decision.writes.push((&names.start_time, Some(value)));
     }
-    if need.trace {
-        let (trace_bytes, span_bytes) = rest.split_at(16.min(rest.len()));
-        let (context, _) = trace::child(
-            &incoming.trace,
-            trace_bytes.try_into().unwrap_or([0; 16]),
-            span_bytes.try_into().unwrap_or([0; 8]),
-        );
-        let writes = context.headers(
-            plan.tracing.w3c,
-            plan.tracing.b3,
-            incoming.trace.has_b3_multi(),
-        );
+    let tracing = &plan.tracing;
+    if tracing.w3c || tracing.b3 {
+        let writes = if need.trace {
+            let (trace_bytes, span_bytes) = rest.split_at(16.min(rest.len()));
+            let (context, _) = trace::child(
+                &incoming.trace,
+                trace_bytes.try_into().unwrap_or([0; 16]),
+                span_bytes.try_into().unwrap_or([0; 8]),
+            );
+            context.headers(tracing.w3c, tracing.b3, incoming.trace.has_b3_multi())
+        } else {
+            // Envoy's tracer owns the trace: no ids of the filter's own.
+            trace::bridge(&incoming.trace, tracing.w3c, tracing.b3)
+        };
         for (name, value) in writes {
             // Removing a header the request does not have is a wasted host call.
             if value.is_some() || incoming.trace.has(name) {
@@ -312,7 +316,13 @@ mod tests {
         assert_eq!(i.overrides, vec![&b"DELETE"[..]]);
         assert_eq!(i.trace.traceparent, Some(&b""[..]), "sent twice: unusable");
         assert!(i.keeps_call_id(&p));
-        assert_eq!(i.entropy_needed(&p).len(), 24);
+        assert_eq!(
+            i.entropy_needed(&p).len(),
+            0,
+            "Envoy's tracer makes the ids"
+        );
+        let p = plan(r#"{"tracing":{"owner":"filter"}}"#);
+        assert_eq!(Incoming::scan(&map, &p).entropy_needed(&p).len(), 24);
     }
 
     #[test]
@@ -325,11 +335,16 @@ mod tests {
         assert!(d.reply.is_none());
         assert!(d.rewritten);
         let names: Vec<&str> = d.writes.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, [":path", "x-start-time", "traceparent", "b3"]);
+        assert_eq!(names, [":path", "x-start-time"], "no trace ids of its own");
         assert!(d.write_call_id);
         assert_eq!(d.writes[0].1.as_deref(), Some(&b"/x?q=1"[..]));
         assert_eq!(d.writes[1].1.as_deref(), Some(&b"1700000000000000000"[..]));
         assert_eq!(d.call_id.len(), 36);
+
+        let p = plan(r#"{"tracing":{"owner":"filter"}}"#);
+        let d = decide(&p, &Incoming::scan(&map, &p), &entropy, 1, Peer::default());
+        let names: Vec<&str> = d.writes.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, [":path", "x-start-time", "traceparent", "b3"]);
     }
 
     #[test]

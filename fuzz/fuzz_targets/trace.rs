@@ -1,7 +1,8 @@
 //! Any trace headers: never a panic; what the filter writes is well-formed, and reading it back
-//! gives the same trace, the same sampling decision and this hop's span as the parent.
+//! gives the same trace, the same sampling decision and this hop's span as the parent. With
+//! Envoy's tracer in charge (`bridge`), what the filter writes reads back as one trace.
 #![no_main]
-use faas_mesh_filter::trace::{child, Incoming};
+use faas_mesh_filter::trace::{bridge, child, Incoming, Source};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -43,4 +44,26 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.trace_id, context.trace_id);
         assert_eq!(again.parent_span_id, Some(context.span_id));
     }
+
+    // Envoy's tracer owns the trace: only W3C and b3 are written, each well-formed, one trace.
+    let mut traces = Vec::new();
+    for (name, value) in bridge(&incoming, true, true) {
+        let Some(value) = value else { continue };
+        let reread = match name {
+            "traceparent" => Incoming {
+                traceparent: Some(value.as_bytes()),
+                ..Default::default()
+            },
+            "b3" => Incoming {
+                b3_single: Some(value.as_bytes()),
+                ..Default::default()
+            },
+            other => panic!("the bridge wrote {other}"),
+        };
+        let (again, source) = child(&reread, [0xcc; 16], [0xdd; 8]);
+        assert_ne!(source, Source::New, "{name}: {value}");
+        traces.push(again.trace_id);
+    }
+    traces.dedup();
+    assert!(traces.len() <= 1, "two traces: {traces:?}");
 });

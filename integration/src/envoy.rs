@@ -68,6 +68,32 @@ pub struct EnvoyOptions {
     /// Serve the listener over TLS, asking clients for a certificate (the mesh's mTLS, where
     /// the peer's identity is its certificate's SPIFFE URI SAN).
     pub tls: Option<crate::tls::ServerTls>,
+    /// Envoy's own tracer on the inbound connection manager, as Istio turns it on when the
+    /// mesh has tracing (the default); `None` is a mesh with tracing off (no `tracing` block).
+    pub hcm_tracing: Option<HcmTracing>,
+}
+
+/// The connection manager's `tracing` block and its Zipkin provider, shaped as Istio generates
+/// them: the block of a real `virtualInbound` HCM (client 100 %, random sampling, overall
+/// 100 %) and the bootstrap's `envoy.tracers.zipkin` (128-bit ids, no shared span context).
+/// The collector is a loopback port the test owns and never answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HcmTracing {
+    /// `random_sampling` in percent (Istio's default is 1).
+    pub random_sampling: f64,
+    /// Zipkin's `trace_context_option: USE_B3_WITH_W3C_PROPAGATION` (Istio's
+    /// `traceContextOption`, 1.28+): also extract `traceparent` when no B3 came, and inject it.
+    pub w3c_propagation: bool,
+}
+
+impl HcmTracing {
+    /// What a default Istio mesh runs: Zipkin, 1 % sampling, B3 only.
+    pub fn istio_default() -> Self {
+        HcmTracing {
+            random_sampling: 1.0,
+            w3c_propagation: false,
+        }
+    }
 }
 
 impl EnvoyOptions {
@@ -88,7 +114,14 @@ impl EnvoyOptions {
             normalize_path: true,
             failure_policy: None,
             wasm: None,
+            hcm_tracing: None,
         }
+    }
+
+    /// Turns on Envoy's own tracer in the connection manager (see [`HcmTracing`]).
+    pub fn hcm_tracing(mut self, tracing: HcmTracing) -> Self {
+        self.hcm_tracing = Some(tracing);
+        self
     }
 
     /// A sidecar built from a rendered EnvoyFilter manifest, with the plugin configuration the
@@ -138,6 +171,8 @@ pub struct Envoy {
     version: u64,
     initial: ConfigOutcome,
     failure_policy: Option<String>,
+    /// The Zipkin collector's port, held so no one else takes it while Envoy runs.
+    _collector: Option<std::net::TcpListener>,
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the one `make setup` installed under `.venv/`.
@@ -274,7 +309,15 @@ impl Envoy {
             ),
         )?;
         let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
-        let bootstrap = bootstrap(&options, &patches, &ecds_path, stats_tags);
+        let collector = match options.hcm_tracing {
+            Some(_) => Some(std::net::TcpListener::bind("127.0.0.1:0")?),
+            None => None,
+        };
+        let collector_port = match &collector {
+            Some(listener) => Some(listener.local_addr()?.port()),
+            None => None,
+        };
+        let bootstrap = bootstrap(&options, &patches, &ecds_path, stats_tags, collector_port);
         std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
 
         let output = std::fs::File::create(dir.path().join("stdout-stderr.log"))?;
@@ -311,6 +354,7 @@ impl Envoy {
             version: 1,
             initial: ConfigOutcome::Rejected,
             failure_policy,
+            _collector: collector,
         };
         envoy.admin = envoy.wait_for_admin(&admin_file).await?;
         envoy.listener = envoy.wait_for_listener().await?;
@@ -623,6 +667,7 @@ fn bootstrap(
     patches: &Patches,
     ecds_path: &Path,
     stats_tags: Value,
+    collector_port: Option<u16>,
 ) -> Value {
     let function = options
         .labels
@@ -671,7 +716,7 @@ fn bootstrap(
     });
     point_at(&mut inbound_cluster, options.function_port);
 
-    let hcm = json!({
+    let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "inbound_0.0.0.0_8080",
         "codec_type": "AUTO",
@@ -699,6 +744,35 @@ fn bootstrap(
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
         ]
     });
+
+    let mut clusters = vec![inbound_cluster, readiness_cluster];
+    if let (Some(tracing), Some(port)) = (options.hcm_tracing, collector_port) {
+        // The block of a real virtualInbound HCM (custom tags left out: they only label spans).
+        hcm["tracing"] = json!({
+            "client_sampling": { "value": 100 },
+            "random_sampling": { "value": tracing.random_sampling },
+            "overall_sampling": { "value": 100 },
+            "provider": {
+                "name": "envoy.tracers.zipkin",
+                "typed_config": zipkin_provider(tracing.w3c_propagation),
+            }
+        });
+        // Istio's request id settings, which tie the sampling decision to x-request-id.
+        hcm["request_id_extension"] = json!({ "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+            "use_request_id_for_trace_sampling": true
+        } });
+        clusters.push(json!({
+            "name": "zipkin",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "zipkin",
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
+                    "address": "127.0.0.1", "port_value": port } } } }] }]
+            }
+        }));
+    }
 
     let mut filter_chain = json!({
         "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }]
@@ -740,9 +814,26 @@ fn bootstrap(
                 "address": { "socket_address": { "address": "127.0.0.1", "port_value": options.listener_port } },
                 "filter_chains": [filter_chain]
             }],
-            "clusters": [inbound_cluster, readiness_cluster]
+            "clusters": clusters
         }
     })
+}
+
+/// Istio's bootstrap Zipkin tracer (`envoy.tracers.zipkin` as Istio's generator writes it),
+/// here as the HCM's provider.
+fn zipkin_provider(w3c_propagation: bool) -> Value {
+    let mut zipkin = json!({
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": "zipkin",
+        "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON",
+        "trace_id_128bit": true,
+        "shared_span_context": false
+    });
+    if w3c_propagation {
+        zipkin["trace_context_option"] = json!("USE_B3_WITH_W3C_PROPAGATION");
+    }
+    zipkin
 }
 
 /// Points every endpoint of a STATIC cluster at the given loopback port.

@@ -43,7 +43,8 @@ fn traceparent(value: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_function_gets_a_child_span_in_both_formats() {
-    let (_f, envoy) = pod("{}").await;
+    // No tracer in this sidecar's connection manager: the filter owns the trace.
+    let (_f, envoy) = pod(r#"{"tracing": {"owner": "filter"}}"#).await;
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
 
@@ -127,7 +128,7 @@ async fn the_function_gets_a_child_span_in_both_formats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_formats_can_be_turned_off() {
-    let (_f, envoy) = pod(r#"{"tracing": {"w3c": false}}"#).await;
+    let (_f, envoy) = pod(r#"{"tracing": {"w3c": false, "owner": "filter"}}"#).await;
     let response = envoy
         .send(&Request::get("/function/env/").header("traceparent", "garbage"))
         .await
@@ -140,7 +141,7 @@ async fn tracing_formats_can_be_turned_off() {
     assert!(received(&response, "b3").is_some());
     drop(envoy);
 
-    let (_f, envoy) = pod(r#"{"tracing": {"w3c": false, "b3": false}}"#).await;
+    let (_f, envoy) = pod(r#"{"tracing": {"w3c": false, "b3": false, "owner": "filter"}}"#).await;
     let response = envoy.get("/function/env/").await;
     assert!(received(&response, "traceparent").is_none());
     assert!(received(&response, "b3").is_none());

@@ -185,7 +185,16 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
         (false, true) => "B3",
         (false, false) => "off (trace headers pass untouched)",
     };
-    let _ = writeln!(out, "tracing           {tracing}");
+    let owner = match (plan.tracing.w3c || plan.tracing.b3, plan.tracing.owner) {
+        (false, _) => "",
+        (true, faas_mesh_filter::config::TraceOwner::Envoy) => {
+            ", bridged to Envoy's tracer's trace (tracing.owner envoy)"
+        }
+        (true, faas_mesh_filter::config::TraceOwner::Filter) => {
+            ", a span of the filter's own (tracing.owner filter)"
+        }
+    };
+    let _ = writeln!(out, "tracing           {tracing}{owner}");
     let readiness =
         match &plan.readiness {
             None => "off".to_string(),
