@@ -104,15 +104,24 @@ pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
 pub const HOLDING_TICK_MS: u64 = 5;
 
 /// The OpenFaaS gateway's own probe (`probe_functions`) says who it is in its `User-Agent`; it
-/// tries 10 times, 50 ms apart, with no timeout of its own. The gate holds each try for a tenth of
-/// `max_wait_ms`, so a function that never starts costs the gateway's caller about `max_wait_ms`
-/// in all (not ten times that), and a function that starts meanwhile answers the try held then.
+/// tries 10 times, 50 ms apart, with no timeout of its own. The gate never holds it (see
+/// [`never_held`]): it reaches the function at once and gets the truth.
 pub const GATEWAY_PROBE_AGENT: &[u8] = b"com.openfaas.gateway/probe";
-pub const GATEWAY_PROBE_TRIES: u64 = 10;
 
-/// How long one try of the gateway's probe is held.
-pub fn gateway_probe_wait_ms(max_wait_ms: u64) -> u64 {
-    (max_wait_ms / GATEWAY_PROBE_TRIES).max(1)
+/// Whether a request is one the gate must never hold, because it asks whether the function is up:
+/// the gateway's probe (any path), or a request for the health or readiness endpoints themselves
+/// (`/_/health`, `/_/ready`, or the gate's own readiness path), by its path after the rewrite and
+/// without its query. Holding one would make its caller wait for the answer to its own question
+/// (the gateway's probe was held up to `max_wait_ms` a try); passed on at once, it gets the
+/// function's (or Envoy's) answer of the moment.
+pub fn never_held(gateway_probe: bool, path: &[u8], readiness_path: &str) -> bool {
+    if gateway_probe {
+        return true;
+    }
+    let path = path.split(|&c| c == b'?').next().unwrap_or_default();
+    path == HEALTH_PATH.as_bytes()
+        || path == READY_PATH.as_bytes()
+        || path == readiness_path.as_bytes()
 }
 
 /// Envoy's response flags (`response.flags`) that mean the function's process is gone:
@@ -261,8 +270,8 @@ mod tests {
         w.hold(1, 100, 1000, "a");
         w.hold(2, 150, 1000, "b");
         w.hold(3, 400, 1000, "c");
-        // The gateway's probe: held a tenth as long, expires before older requests.
-        w.hold(4, 500, gateway_probe_wait_ms(1000), "probe");
+        // A shorter wait expires before older requests.
+        w.hold(4, 500, 100, "short");
         assert_eq!(
             w.remove(2).map(|h| (h.since_ms, h.payload)),
             Some((150, "b"))
@@ -291,6 +300,18 @@ mod tests {
             assert!(!path_missing(Some(present)));
         }
         assert!(!path_missing(None));
+    }
+
+    #[test]
+    fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
+        for path in [&b"/_/health"[..], b"/_/ready", b"/_/ready?x=1", b"/healthz"] {
+            assert!(never_held(false, path, "/healthz"), "{path:?}");
+        }
+        for path in [&b"/"[..], b"/_/healthy", b"/x/_/health", b"/ready", b""] {
+            assert!(!never_held(false, path, "/healthz"), "{path:?}");
+        }
+        // The gateway's probe asks whatever path the function declares.
+        assert!(never_held(true, b"/anything", "/_/ready"));
     }
 
     #[test]

@@ -345,7 +345,21 @@ impl HttpContext for Call {
             });
         // The decision: route, call id, headers to write, the policy's header checks.
         let decision = request::decide(&plan, &incoming, entropy, self.start_nanos, peer);
-        let (content_length, gateway_probe) = (incoming.content_length, incoming.gateway_probe);
+        let content_length = incoming.content_length;
+        // Requests that ask whether the function is up are never held (looked at only while the
+        // gate is closed): the path the function will see, after the rewrite.
+        let unheld = match &self.gate {
+            Some(gate) if !gate.is_ready() && decision.reply.is_none() => {
+                let path = decision
+                    .writes
+                    .iter()
+                    .find(|(name, _)| *name == ":path")
+                    .and_then(|(_, value)| value.as_deref())
+                    .unwrap_or(incoming.path);
+                gate.passes_unheld(incoming.gateway_probe, path)
+            }
+            _ => false,
+        };
         drop(incoming);
         drop(headers);
         self.call_id = decision.call_id;
@@ -390,7 +404,7 @@ impl HttpContext for Call {
             core::arch::wasm32::unreachable();
         }
         if let Some(gate) = self.gate.clone() {
-            if !gate.is_ready() {
+            if !gate.is_ready() && !unheld {
                 // A body the pod could never hold is answered now, not after `max_wait_ms`.
                 let budget = plan
                     .readiness
@@ -399,7 +413,7 @@ impl HttpContext for Call {
                 if content_length.is_some_and(|len| len > budget) {
                     return self.answer(&plan, reply::TOO_LARGE_TO_HOLD);
                 }
-                match gate.admit(self.context_id, &self.call_id, gateway_probe) {
+                match gate.admit(self.context_id, &self.call_id) {
                     Arrival::Go => {}
                     Arrival::Held(state) => {
                         if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {

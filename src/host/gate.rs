@@ -64,6 +64,9 @@ struct GateStats {
     abandoned: Stat,
     probes_sent: Stat,
     probes_failed: Stat,
+    /// Requests passed on at once while not ready because they ask whether the function is up
+    /// (the gateway's probe, the health and readiness endpoints): never held.
+    passed_unheld: Stat,
     ready: Stat,
     pending: Stat,
     held_ms: Stat,
@@ -82,6 +85,7 @@ impl GateStats {
             abandoned: counter("readiness.abandoned"),
             probes_sent: counter("readiness.probes_sent"),
             probes_failed: counter("readiness.probes_failed"),
+            passed_unheld: counter("readiness.passed_unheld"),
             ready: define(MetricType::Gauge, "readiness.ready"),
             pending: define(MetricType::Gauge, "readiness.pending"),
             held_ms: define(MetricType::Histogram, "readiness.held_ms"),
@@ -201,11 +205,21 @@ impl<H: Host> Gate<H> {
         self.ready.get()
     }
 
-    /// A request arrived while this worker believed the function not ready.
-    /// `gateway_probe`: the request is the OpenFaaS gateway's own probe (held for a tenth of
-    /// `max_wait_ms`, see [`gate::GATEWAY_PROBE_AGENT`]).
+    /// Whether a request that arrived while not ready goes on at once instead of being held: the
+    /// gateway's probe, or a request for the health or readiness endpoints (see
+    /// [`gate::never_held`]). Counted when so.
     #[inline(never)]
-    pub fn admit(&self, context_id: u32, call_id: &str, gateway_probe: bool) -> Arrival {
+    pub fn passes_unheld(&self, gateway_probe: bool, path: &[u8]) -> bool {
+        let pass = gate::never_held(gateway_probe, path, &self.settings.path);
+        if pass {
+            self.stats.passed_unheld.add(&self.host, 1);
+        }
+        pass
+    }
+
+    /// A request arrived while this worker believed the function not ready.
+    #[inline(never)]
+    pub fn admit(&self, context_id: u32, call_id: &str) -> Arrival {
         self.adopt(self.read_state());
         if self.is_ready() {
             return Arrival::Go;
@@ -220,15 +234,10 @@ impl<H: Host> Gate<H> {
             return Arrival::QueueFull;
         }
         let state = Rc::new(Cell::new(HoldState::Held));
-        let max_wait = self.settings.max_wait_ms;
         self.waiting.borrow_mut().hold(
             context_id,
             self.host.now_ms(),
-            if gateway_probe {
-                gate::gateway_probe_wait_ms(max_wait)
-            } else {
-                max_wait
-            },
+            self.settings.max_wait_ms,
             HeldCall {
                 call_id: call_id.to_string(),
                 state: state.clone(),
@@ -691,8 +700,8 @@ mod tests {
     #[test]
     fn one_probe_per_pod_and_readiness_reaches_the_other_worker() {
         let (pod, [(a, ga), (b, gb)]) = pod("{}");
-        let held_a = held(ga.admit(1, "id-a", false));
-        let held_b = held(gb.admit(7, "id-b", false));
+        let held_a = held(ga.admit(1, "id-a"));
+        let held_b = held(gb.admit(7, "id-b"));
         // No probe from a request's context: the root contexts' ticks send it.
         assert!(a.dispatched().is_empty() && b.dispatched().is_empty());
         ga.on_tick();
@@ -721,20 +730,20 @@ mod tests {
             0
         );
         // Once ready, a request is not held.
-        assert!(matches!(ga.admit(2, "id", false), Arrival::Go));
+        assert!(matches!(ga.admit(2, "id"), Arrival::Go));
     }
 
     #[test]
     fn max_pending_holds_across_workers() {
         let (pod, [(_, ga), (_, gb)]) = pod(r#"{"readiness":{"max_pending":3}}"#);
-        held(ga.admit(1, "1", false));
-        held(gb.admit(2, "2", false));
-        held(ga.admit(3, "3", false));
-        assert!(matches!(gb.admit(4, "4", false), Arrival::QueueFull));
-        assert!(matches!(ga.admit(5, "5", false), Arrival::QueueFull));
+        held(ga.admit(1, "1"));
+        held(gb.admit(2, "2"));
+        held(ga.admit(3, "3"));
+        assert!(matches!(gb.admit(4, "4"), Arrival::QueueFull));
+        assert!(matches!(ga.admit(5, "5"), Arrival::QueueFull));
         // A client that hangs up gives its place back.
         gb.forget(2);
-        held(gb.admit(6, "6", false));
+        held(gb.admit(6, "6"));
         assert_eq!(
             pod.metric("faas_mesh_filter.function.env.readiness.pending"),
             3
@@ -744,7 +753,7 @@ mod tests {
     #[test]
     fn a_request_held_too_long_gets_503_with_its_call_id() {
         let (pod, [(a, ga), _]) = pod(r#"{"readiness":{"max_wait_ms":1000}}"#);
-        let state = held(ga.admit(9, "call-9", false));
+        let state = held(ga.admit(9, "call-9"));
         pod.advance_ms(1001);
         ga.on_tick();
         assert_eq!(state.get(), HoldState::Answered);
@@ -764,8 +773,8 @@ mod tests {
     #[test]
     fn the_probe_belongs_to_the_pod_not_to_a_client_that_hangs_up() {
         let (pod, [(a, ga), _]) = pod("{}");
-        held(ga.admit(1, "1", false));
-        held(ga.admit(2, "2", false));
+        held(ga.admit(1, "1"));
+        held(ga.admit(2, "2"));
         ga.on_tick();
         let token = a.dispatched()[0].0;
         ga.forget(1); // the client whose arrival started the probing hangs up
@@ -782,7 +791,7 @@ mod tests {
     #[test]
     fn a_failed_probe_is_retried_and_a_server_without_ready_is_probed_on_health() {
         let (pod, [(a, ga), _]) = pod("{}");
-        held(ga.admit(1, "1", false));
+        held(ga.admit(1, "1"));
         ga.on_tick();
         answer(&a, &ga, "404"); // no /_/ready here: the classic watchdog, a custom server
         assert!(!ga.is_ready());
@@ -823,17 +832,17 @@ mod tests {
         pod.advance_ms(5);
         ga.on_tick();
         assert!(!ga.is_ready(), "the other worker holds again too");
-        held(ga.admit(3, "3", false));
+        held(ga.admit(3, "3"));
     }
 
     #[test]
     fn what_a_dead_worker_held_is_cleared_when_the_function_is_ready() {
         let (pod, [(a, ga), (_, gb)]) = pod(r#"{"readiness":{"max_pending":3}}"#);
-        held(gb.admit(1, "1", false));
-        held(gb.admit(2, "2", false));
+        held(gb.admit(1, "1"));
+        held(gb.admit(2, "2"));
         drop(gb); // this worker's VM traps: it never releases what it counted
-        held(ga.admit(3, "3", false));
-        assert!(matches!(ga.admit(4, "4", false), Arrival::QueueFull));
+        held(ga.admit(3, "3"));
+        assert!(matches!(ga.admit(4, "4"), Arrival::QueueFull));
         pod.worker()
             .set_shared_data(crate::body_budget::KEY, b"4096", 0)
             .unwrap();
@@ -852,7 +861,7 @@ mod tests {
         // The function goes away again: the whole max_pending is there for the next start.
         ga.upstream_gone();
         for ctx in 10..13 {
-            held(ga.admit(ctx, "x", false));
+            held(ga.admit(ctx, "x"));
         }
     }
 }
