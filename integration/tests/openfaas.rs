@@ -53,11 +53,22 @@ struct Pod {
 }
 
 async fn pod(plugin_config: &str, tls: Option<&Pki>) -> Pod {
+    pod_annotated(plugin_config, tls, &[]).await
+}
+
+/// A pod whose node metadata carries these pod annotations (the function's `stack.yml` ones).
+async fn pod_annotated(
+    plugin_config: &str,
+    tls: Option<&Pki>,
+    annotations: &[(&str, &str)],
+) -> Pod {
     let w = Netns::create("w").expect("namespace");
     let bridge = Forwarder::on_loopback(Upstream::InNamespace(w.clone(), watchdog_addr()))
         .await
         .expect("bridge");
-    let mut options = EnvoyOptions::for_function(bridge.port()).config(plugin_config);
+    let mut options = EnvoyOptions::for_function(bridge.port())
+        .config(plugin_config)
+        .annotations(annotations);
     options.concurrency = 2;
     options.tls = tls.map(Pki::server);
     let envoy = Envoy::start(options).await.expect("Envoy");
@@ -88,8 +99,17 @@ struct Stage {
 }
 
 async fn stage(plugin_config: &str, replicas: u64, options: GatewayOptions) -> Stage {
+    stage_annotated(plugin_config, replicas, options, &[]).await
+}
+
+async fn stage_annotated(
+    plugin_config: &str,
+    replicas: u64,
+    options: GatewayOptions,
+    annotations: &[(&str, &str)],
+) -> Stage {
     let pki = Pki::new().expect("pki");
-    let pod = pod(plugin_config, Some(&pki)).await;
+    let pod = pod_annotated(plugin_config, Some(&pki), annotations).await;
     let g = Netns::create("g").expect("namespace");
     let p = Netns::create("p").expect("namespace");
     link(&g, GATEWAY_IP, &p, POD_IP).expect("veth");
@@ -196,6 +216,80 @@ async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gatew
     assert_eq!(stat(envoy, "released").await, 20);
     assert_eq!(stat(envoy, "timed_out").await, 0);
     assert_eq!(stage.provider.replicas(), 1);
+}
+
+/// A function that declares its readiness endpoint with OpenFaaS's own annotation
+/// (`com.openfaas.ready.http.path: /ready`, issue 23 part 4) and an http-mode watchdog without
+/// `ready_path`, whose `/_/ready` says ready as soon as the watchdog is up: with the filter's
+/// default configuration the gate probes the annotated path (through the watchdog, to the
+/// function's own server), so every call, from zero behind the gateway, is held until the
+/// function's server answers and then served. Before, the gate opened on the watchdog's
+/// `/_/ready` and the calls met the watchdog's 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_functions_ready_path_annotation_is_what_the_gate_waits_for() {
+    let mut stage = stage_annotated(
+        "{}",
+        0,
+        GatewayOptions::default(),
+        &[("com.openfaas.ready.http.path", READY_PATH)],
+    )
+    .await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let gateway = stage.gateway.clone();
+        calls.spawn(async move {
+            let response = gateway
+                .send(&Request::get(&format!("/function/{FUNCTION}/call/{i}")))
+                .await;
+            (i, response)
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(30), stage.scale_ups.recv())
+        .await
+        .expect("the gateway scaled the function up")
+        .expect("scale-up");
+    // The watchdog without ready_path: its /_/ready answers 200 once it is up.
+    let _watchdog = start_watchdog(
+        &stage.pod.w,
+        &[
+            ("mode", "http"),
+            ("fprocess", "cat"),
+            ("upstream_url", &format!("http://127.0.0.1:{FUNCTION_PORT}")),
+        ],
+    )
+    .expect("of-watchdog");
+    wait_for(
+        &stage.pod.w,
+        watchdog_addr(),
+        "/_/ready",
+        200,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the watchdog says ready");
+    let envoy = &stage.pod.envoy;
+    wait_stat(envoy, "pending", |v| v == 10).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
+    while let Some(done) = calls.join_next().await {
+        let (i, response) = done.expect("task");
+        let response = response.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(echo_of(&response)["path"], format!("/call/{i}"));
+    }
+    assert_eq!(
+        function.calls().len(),
+        10,
+        "each call reached the function once"
+    );
+    assert_eq!(stat(envoy, "released").await, 10);
+    assert_eq!(stat(envoy, "timed_out").await, 0);
+    assert!(
+        envoy
+            .log()
+            .contains("annotation com.openfaas.ready.http.path applied"),
+        "{}",
+        envoy.log()
+    );
 }
 
 /// A streaming-mode function (the watchdog forks the process per call) at scale from zero: the

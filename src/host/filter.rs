@@ -194,6 +194,15 @@ fn report_annotations(plan: &Plan) {
                 "function {function:?}: annotation {} applied",
                 outcome.annotation
             ),
+            Some(why) if outcome.annotation == crate::annotations::READY_PATH => {
+                refused += 1;
+                log::warn!(
+                    "function {function:?}: annotation {} refused ({why}); the readiness gate \
+                     probes readiness.path {}",
+                    outcome.annotation,
+                    plan.readiness.as_ref().map_or("", |r| r.path.as_str())
+                );
+            }
             Some(why) => {
                 refused += 1;
                 log::warn!(
@@ -243,13 +252,17 @@ fn pod_info(label: &str) -> PodInfo {
 }
 
 /// The pod's annotations from the node metadata. Envoy hands a metadata map over as a
-/// serialized pair list (the header-map format); only the filter's own prefix is kept.
+/// serialized pair list (the header-map format); only the filter's own prefix and OpenFaaS's
+/// readiness path are kept.
 fn pod_annotations() -> Vec<(String, String)> {
     let Ok(Some(bytes)) = host::property(b"xds\0node\0metadata\0ANNOTATIONS") else {
         return Vec::new();
     };
     header_map::pairs(&bytes)
-        .filter(|(name, _)| name.starts_with(crate::annotations::PREFIX.as_bytes()))
+        .filter(|(name, _)| {
+            name.starts_with(crate::annotations::PREFIX.as_bytes())
+                || *name == crate::annotations::READY_PATH.as_bytes()
+        })
         .map(|(name, value)| {
             (
                 String::from_utf8_lossy(name).into_owned(),
