@@ -31,8 +31,8 @@ pub const READY_PATH: &str = "com.openfaas.ready.http.path";
 /// refused by the function's server, and the gate would never open).
 pub const READY_PATH_MAX: usize = 1024;
 /// Why the readiness-path annotation is refused.
-pub const BAD_READY_PATH: &str =
-    "expected a path starting with '/', of visible ASCII characters, at most 1024 bytes";
+pub const BAD_READY_PATH: &str = "expected a path starting with '/', of visible ASCII \
+     characters, at most 1024 bytes; the gate probes readiness.path";
 
 /// The readiness path a pod's annotations declare: `None` without [`READY_PATH`], else the
 /// path (trimmed) or why it is refused.

@@ -6,7 +6,8 @@
 //!   worker adopts only news and two workers never flip-flop over an old value;
 //! - the probe lease: the earliest time (ms) the next probe may start, so the pod sends at most
 //!   one probe at a time, `retry_interval_ms` apart, whichever worker sends it;
-//! - the number of requests held across all workers, for `max_pending`.
+//! - what is held across all workers, for `max_pending` and `max_pending_bytes`: one entry per
+//!   VM, see [`crate::held`].
 //!
 //! Each worker keeps its own copy of the state (read on the request path as one flag) and its
 //! own list of held requests (a paused request can only be resumed by its own worker).
@@ -16,7 +17,6 @@ use std::collections::VecDeque;
 /// Shared-data keys (the host scopes them to this VM id).
 pub const STATE_KEY: &str = "faas-mesh-filter.readiness.state";
 pub const LEASE_KEY: &str = "faas-mesh-filter.readiness.probe-lease";
-pub const PENDING_KEY: &str = "faas-mesh-filter.readiness.pending";
 
 /// The pod-wide readiness record: `<generation>:<0|1>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl PodState {
     }
 }
 
-/// Decodes a number kept in shared data (the lease and the pending count); absent is 0.
+/// Decodes a number kept in shared data (the lease); absent is 0.
 pub fn decode_number(bytes: Option<&[u8]>) -> u64 {
     bytes
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -181,6 +181,16 @@ impl<T> Waiting<T> {
             wait_ms,
             payload,
         });
+    }
+
+    /// The requests held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Held<T>> {
+        self.held.iter()
+    }
+
+    /// The request held with this context id, if any.
+    pub fn find(&self, context_id: u32) -> Option<&Held<T>> {
+        self.held.iter().find(|h| h.context_id == context_id)
     }
 
     /// Forgets a request (its client went away); `None` if it was not held.

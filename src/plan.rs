@@ -105,11 +105,6 @@ impl Plan {
             )),
             (Some(outcome), Some(r)) => {
                 if let Ok(path) = outcome {
-                    notices.push(format!(
-                        "readiness: probing {path} (annotation {}) instead of readiness.path {}",
-                        crate::annotations::READY_PATH,
-                        r.path
-                    ));
                     r.path = path.to_string();
                 }
                 annotations.push(crate::annotations::Outcome {
@@ -179,7 +174,6 @@ mod tests {
             &[(READY_PATH, "/healthz")],
         );
         assert_eq!(probed(&p), "/healthz");
-        assert!(p.notices.iter().any(|n| n.contains("/healthz")));
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     Ok(vec![
         File {
             name: "envoyfilter.yaml",
-            contents: ENVOYFILTER.replace("{{CONFIGURATION}}", &indent(&pretty, 18)),
+            contents: ENVOYFILTER
+                .replace("{{CONFIGURATION}}", &indent(&pretty, 18))
+                .replace("{{REQUEST_TIMEOUT}}", &request_timeout(config_json)?),
         },
         File {
             name: "observability.yaml",
@@ -106,6 +108,14 @@ fn checked(config_json: &str) -> Result<Value, String> {
         serde_json::from_str(config_json).map_err(|e| format!("configuration: {e}"))?
     };
     Ok(value)
+}
+
+/// The sidecar's `request_timeout` (a protobuf Duration): `readiness.max_wait_ms` plus the
+/// margin in which Envoy answers what a dead VM held ([`faas_mesh_filter::held::MARGIN_MS`]).
+pub fn request_timeout(config_json: &str) -> Result<String, String> {
+    let config = Config::parse(config_json.as_bytes()).map_err(|e| e.to_string())?;
+    let ms = config.readiness.max_wait_ms + faas_mesh_filter::held::MARGIN_MS;
+    Ok(format!("{}.{:03}s", ms / 1000, ms % 1000))
 }
 
 fn indent(text: &str, spaces: usize) -> String {
