@@ -91,11 +91,19 @@ pub fn worth_a_probe(status: &[u8]) -> bool {
     status.len() == 3 && status.first() == Some(&b'5')
 }
 
-/// Time between probes while requests are held somewhere in the pod: half the retry interval (50 ms,
-/// 20 probes a second, with the default 100 ms), so a held call waits at most that long after the
-/// function can answer. With nothing held, probes go out every `retry_interval_ms`.
-pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
-    (retry_interval_ms / 2).max(1)
+/// The fastest probe cadence: while requests have been held in the pod for up to 2 s, a probe
+/// every 10 ms, so a held call waits at most that (plus a worker tick) after the function can
+/// answer.
+pub const FAST_PROBE_MS: u64 = 10;
+
+/// Time between probes while requests have been held somewhere in the pod for `held_for_ms`:
+/// [`FAST_PROBE_MS`] for the first 2 s (most cold starts), then backing off by 5 ms a second to
+/// half the retry interval (50 ms, 20 probes a second, with the default 100 ms; reached after
+/// 10 s), so a function that never starts costs at most 100 probes a second for 2 s and 20 a
+/// second from 10 s on. With nothing held, probes go out every `retry_interval_ms`.
+pub fn holding_interval_ms(retry_interval_ms: u64, held_for_ms: u64) -> u64 {
+    let slowest = (retry_interval_ms / 2).max(1);
+    (held_for_ms / 200).clamp(FAST_PROBE_MS.min(slowest), slowest)
 }
 
 /// How often a worker that holds requests (or must verify a suspicious 5xx) wakes up: to send the
@@ -335,11 +343,19 @@ mod tests {
     }
 
     #[test]
-    fn held_requests_probe_at_most_twenty_times_a_second_by_default() {
-        assert_eq!(holding_interval_ms(100), 50);
-        assert_eq!(1000 / holding_interval_ms(100), 20);
-        assert_eq!(holding_interval_ms(1), 1);
-        assert!(HOLDING_TICK_MS < holding_interval_ms(100));
+    fn held_requests_are_probed_fast_then_back_off_to_twenty_a_second() {
+        assert_eq!(holding_interval_ms(100, 0), 10);
+        assert_eq!(holding_interval_ms(100, 2000), 10);
+        assert_eq!(holding_interval_ms(100, 4000), 20);
+        assert_eq!(holding_interval_ms(100, 10_000), 50);
+        assert_eq!(holding_interval_ms(100, u64::MAX), 50);
+        assert_eq!(1000 / holding_interval_ms(100, 60_000), 20);
+        // Never faster than half a short retry interval, never slower than half a long one.
+        assert_eq!(holding_interval_ms(10, 0), 5);
+        assert_eq!(holding_interval_ms(10, 60_000), 5);
+        assert_eq!(holding_interval_ms(1000, 60_000), 300);
+        assert_eq!(holding_interval_ms(1000, 0), 10);
+        const { assert!(HOLDING_TICK_MS < FAST_PROBE_MS) };
     }
 
     #[test]

@@ -428,14 +428,21 @@ impl<H: Host> Gate<H> {
     /// in the pod (they wait for it), `retry_interval_ms` otherwise.
     fn interval_ms(&self) -> u64 {
         let retry = self.settings.retry_interval_ms;
-        let pending = match self.host.shared_data(held::KEY) {
-            Ok((value, _)) => Record::decode(value.as_deref()).count(),
-            Err(_) => self.waiting.borrow().len() as u64,
+        let now = self.host.now_ms();
+        // Since when the pod holds requests: its oldest entry (this worker's included).
+        let record = match self.host.shared_data(held::KEY) {
+            Ok((value, _)) => Record::decode(value.as_deref()),
+            Err(_) => Record::default(),
         };
-        if pending > 0 || !self.waiting.borrow().is_empty() {
-            gate::holding_interval_ms(retry)
-        } else {
-            retry
+        let since = record
+            .entries
+            .iter()
+            .filter(|e| e.count > 0)
+            .map(|e| e.since)
+            .min();
+        match since {
+            Some(since) => gate::holding_interval_ms(retry, now.saturating_sub(since)),
+            None => retry,
         }
     }
 
