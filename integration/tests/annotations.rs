@@ -125,7 +125,7 @@ async fn a_bad_readiness_path_annotation_is_refused_and_the_default_stays() {
     assert!(
         log.contains(
             "annotation com.openfaas.ready.http.path refused (expected a path starting with '/'"
-        ) && log.contains("probes readiness.path /_/ready"),
+        ) && log.contains("the gate probes readiness.path"),
         "{log}"
     );
     assert!(function.probes() >= 1, "the default path was probed");
