@@ -174,6 +174,9 @@ impl<H: Host> Gate<H> {
         gate.host
             .create_shared_data(STATE_KEY, &PodState::default().encode());
         gate.host.create_shared_data(LEASE_KEY, b"0");
+        // Created before any request counts in it: a write to an absent key is unconditional, so
+        // two workers creating it at once could lose one's entry. (";" holds no entry.)
+        gate.host.create_shared_data(held::KEY, b";");
         // A reconfigured plugin starts from what the pod already knows.
         gate.adopt(gate.read_state());
         Rc::new(gate)
@@ -964,6 +967,9 @@ mod tests {
     fn the_body_budget_holds_across_a_rearm() {
         let json = r#"{"readiness":{"max_pending_bytes":65536}}"#;
         let (pod, [(a, ga), (b, gb)]) = pod(json);
+        // Made at configure time, before any request counts in it (a write to an absent key
+        // is unconditional: two workers creating it at once would lose an entry).
+        assert_eq!(pod.shared(held::KEY).as_deref(), Some(&b";"[..]));
         for (ctx, gate) in [(1, &ga), (2, &gb), (3, &ga)] {
             held(gate.admit(ctx, "first"));
             assert!(gate.hold_body(ctx, 20_000).is_ok());
