@@ -24,6 +24,30 @@ pub const KEYS: [&str; 7] = [
     "rate_limit.burst",
 ];
 
+/// OpenFaaS's own annotation for a function's readiness endpoint (`stack.yml`; the Pro gateway
+/// probes it). When present and valid, the gate probes it instead of `readiness.path`.
+pub const READY_PATH: &str = "com.openfaas.ready.http.path";
+/// The longest readiness path taken from an annotation (a probe with a longer path could be
+/// refused by the function's server, and the gate would never open).
+pub const READY_PATH_MAX: usize = 1024;
+/// Why the readiness-path annotation is refused.
+pub const BAD_READY_PATH: &str = "expected a path starting with '/', of visible ASCII \
+     characters, at most 1024 bytes; the gate probes readiness.path";
+
+/// The readiness path a pod's annotations declare: `None` without [`READY_PATH`], else the
+/// path (trimmed) or why it is refused.
+pub fn ready_path(annotations: &[(String, String)]) -> Option<Result<&str, &'static str>> {
+    let (_, value) = annotations.iter().find(|(name, _)| name == READY_PATH)?;
+    let value = value.trim();
+    Some(
+        if value.len() <= READY_PATH_MAX && crate::config::is_request_path(value) {
+            Ok(value)
+        } else {
+            Err(BAD_READY_PATH)
+        },
+    )
+}
+
 /// Why an annotation is refused: the texts are fixed (the log line adds the name and value), so
 /// the module carries no formatting for them.
 const NARROW_ONLY: &str = "it would widen the operator's rule";
@@ -240,6 +264,24 @@ fn rate_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readiness_path_annotation_is_a_path_or_refused() {
+        let one = |v: &str| vec![(READY_PATH.to_string(), v.to_string())];
+        assert_eq!(ready_path(&[]), None);
+        assert_eq!(ready_path(&one("/ready")), Some(Ok("/ready")));
+        assert_eq!(ready_path(&one(" /_/ready ")), Some(Ok("/_/ready")));
+        let long = format!("/{}", "a".repeat(READY_PATH_MAX));
+        for bad in ["ready", "", "/a b", "/a\r\nx: y", "http://x/ready", &long] {
+            assert_eq!(ready_path(&one(bad)), Some(Err(BAD_READY_PATH)), "{bad:?}");
+        }
+        // Only that exact name.
+        let other = vec![(
+            "com.openfaas.ready.http.path2".to_string(),
+            "/x".to_string(),
+        )];
+        assert_eq!(ready_path(&other), None);
+    }
     use crate::config::Config;
 
     fn operator(json: &str) -> PolicyRules {

@@ -2,11 +2,8 @@
 //!
 //! `readiness.max_pending` bounds how many requests wait; this bounds their bodies, which Envoy
 //! buffers in the sidecar until the gate releases them. Each held request reserves what it has
-//! buffered so far in one shared record (every worker of the pod sees it) and gives it back when it
-//! is released, answered or gone. Pure: the host side is in the adapter.
-
-/// The shared-data key of the record: the bytes reserved in the pod, as decimal text.
-pub const KEY: &str = "faas-mesh-filter.readiness.held_bytes";
+//! buffered so far in its VM's entry of the pod's held record ([`crate::held`]) and gives it back,
+//! to that entry only, when it is released, answered or gone. Pure: the host side is in the gate.
 
 /// What to do with a held request whose buffered body has grown to `body_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +29,6 @@ pub fn verdict(body_bytes: u64, reserved: u64, pod_total: u64, max: u64) -> Verd
     } else {
         Verdict::Hold { extra, total }
     }
-}
-
-/// Parses the record (absent or unreadable: nothing reserved).
-pub fn decode(value: Option<&[u8]>) -> u64 {
-    value
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -83,12 +72,5 @@ mod tests {
                 total: 10
             }
         );
-    }
-
-    #[test]
-    fn records_decode_leniently() {
-        assert_eq!(decode(None), 0);
-        assert_eq!(decode(Some(b"42")), 42);
-        assert_eq!(decode(Some(b"x")), 0);
     }
 }

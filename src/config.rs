@@ -815,8 +815,13 @@ fn gateway_principal(path: &str, s: &str) -> Result<Option<String>, ConfigError>
     }
 }
 
+/// A path the probe may ask for: starts with `/`, visible ASCII only.
+pub fn is_request_path(s: &str) -> bool {
+    s.starts_with('/') && s.bytes().all(|c| c.is_ascii_graphic())
+}
+
 fn request_path(path: &str, s: &str) -> Result<String, ConfigError> {
-    if s.starts_with('/') && s.bytes().all(|c| c.is_ascii_graphic()) {
+    if is_request_path(s) {
         Ok(s.to_string())
     } else {
         Err(ConfigError::new(

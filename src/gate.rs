@@ -6,7 +6,8 @@
 //!   worker adopts only news and two workers never flip-flop over an old value;
 //! - the probe lease: the earliest time (ms) the next probe may start, so the pod sends at most
 //!   one probe at a time, `retry_interval_ms` apart, whichever worker sends it;
-//! - the number of requests held across all workers, for `max_pending`.
+//! - what is held across all workers, for `max_pending` and `max_pending_bytes`: one entry per
+//!   VM, see [`crate::held`].
 //!
 //! Each worker keeps its own copy of the state (read on the request path as one flag) and its
 //! own list of held requests (a paused request can only be resumed by its own worker).
@@ -16,7 +17,6 @@ use std::collections::VecDeque;
 /// Shared-data keys (the host scopes them to this VM id).
 pub const STATE_KEY: &str = "faas-mesh-filter.readiness.state";
 pub const LEASE_KEY: &str = "faas-mesh-filter.readiness.probe-lease";
-pub const PENDING_KEY: &str = "faas-mesh-filter.readiness.pending";
 
 /// The pod-wide readiness record: `<generation>:<0|1>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl PodState {
     }
 }
 
-/// Decodes a number kept in shared data (the lease and the pending count); absent is 0.
+/// Decodes a number kept in shared data (the lease); absent is 0.
 pub fn decode_number(bytes: Option<&[u8]>) -> u64 {
     bytes
         .and_then(|b| std::str::from_utf8(b).ok())
@@ -91,11 +91,19 @@ pub fn worth_a_probe(status: &[u8]) -> bool {
     status.len() == 3 && status.first() == Some(&b'5')
 }
 
-/// Time between probes while requests are held somewhere in the pod: half the retry interval (50 ms,
-/// 20 probes a second, with the default 100 ms), so a held call waits at most that long after the
-/// function can answer. With nothing held, probes go out every `retry_interval_ms`.
-pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
-    (retry_interval_ms / 2).max(1)
+/// The fastest probe cadence: while requests have been held in the pod for up to 2 s, a probe
+/// every 10 ms, so a held call waits at most that (plus a worker tick) after the function can
+/// answer.
+pub const FAST_PROBE_MS: u64 = 10;
+
+/// Time between probes while requests have been held somewhere in the pod for `held_for_ms`:
+/// [`FAST_PROBE_MS`] for the first 2 s (most cold starts), then backing off by 5 ms a second to
+/// half the retry interval (50 ms, 20 probes a second, with the default 100 ms; reached after
+/// 10 s), so a function that never starts costs at most 100 probes a second for 2 s and 20 a
+/// second from 10 s on. With nothing held, probes go out every `retry_interval_ms`.
+pub fn holding_interval_ms(retry_interval_ms: u64, held_for_ms: u64) -> u64 {
+    let slowest = (retry_interval_ms / 2).max(1);
+    (held_for_ms / 200).clamp(FAST_PROBE_MS.min(slowest), slowest)
 }
 
 /// How often a worker that holds requests (or must verify a suspicious 5xx) wakes up: to send the
@@ -104,15 +112,24 @@ pub fn holding_interval_ms(retry_interval_ms: u64) -> u64 {
 pub const HOLDING_TICK_MS: u64 = 5;
 
 /// The OpenFaaS gateway's own probe (`probe_functions`) says who it is in its `User-Agent`; it
-/// tries 10 times, 50 ms apart, with no timeout of its own. The gate holds each try for a tenth of
-/// `max_wait_ms`, so a function that never starts costs the gateway's caller about `max_wait_ms`
-/// in all (not ten times that), and a function that starts meanwhile answers the try held then.
+/// tries 10 times, 50 ms apart, with no timeout of its own. The gate never holds it (see
+/// [`never_held`]): it reaches the function at once and gets the truth.
 pub const GATEWAY_PROBE_AGENT: &[u8] = b"com.openfaas.gateway/probe";
-pub const GATEWAY_PROBE_TRIES: u64 = 10;
 
-/// How long one try of the gateway's probe is held.
-pub fn gateway_probe_wait_ms(max_wait_ms: u64) -> u64 {
-    (max_wait_ms / GATEWAY_PROBE_TRIES).max(1)
+/// Whether a request is one the gate must never hold, because it asks whether the function is up:
+/// the gateway's probe (any path), or a request for the health or readiness endpoints themselves
+/// (`/_/health`, `/_/ready`, or the gate's own readiness path), by its path after the rewrite and
+/// without its query. Holding one would make its caller wait for the answer to its own question
+/// (the gateway's probe was held up to `max_wait_ms` a try); passed on at once, it gets the
+/// function's (or Envoy's) answer of the moment.
+pub fn never_held(gateway_probe: bool, path: &[u8], readiness_path: &str) -> bool {
+    if gateway_probe {
+        return true;
+    }
+    let path = path.split(|&c| c == b'?').next().unwrap_or_default();
+    path == HEALTH_PATH.as_bytes()
+        || path == READY_PATH.as_bytes()
+        || path == readiness_path.as_bytes()
 }
 
 /// Envoy's response flags (`response.flags`) that mean the function's process is gone:
@@ -172,6 +189,16 @@ impl<T> Waiting<T> {
             wait_ms,
             payload,
         });
+    }
+
+    /// The requests held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Held<T>> {
+        self.held.iter()
+    }
+
+    /// The request held with this context id, if any.
+    pub fn find(&self, context_id: u32) -> Option<&Held<T>> {
+        self.held.iter().find(|h| h.context_id == context_id)
     }
 
     /// Forgets a request (its client went away); `None` if it was not held.
@@ -261,8 +288,8 @@ mod tests {
         w.hold(1, 100, 1000, "a");
         w.hold(2, 150, 1000, "b");
         w.hold(3, 400, 1000, "c");
-        // The gateway's probe: held a tenth as long, expires before older requests.
-        w.hold(4, 500, gateway_probe_wait_ms(1000), "probe");
+        // A shorter wait expires before older requests.
+        w.hold(4, 500, 100, "short");
         assert_eq!(
             w.remove(2).map(|h| (h.since_ms, h.payload)),
             Some((150, "b"))
@@ -294,6 +321,18 @@ mod tests {
     }
 
     #[test]
+    fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
+        for path in [&b"/_/health"[..], b"/_/ready", b"/_/ready?x=1", b"/healthz"] {
+            assert!(never_held(false, path, "/healthz"), "{path:?}");
+        }
+        for path in [&b"/"[..], b"/_/healthy", b"/x/_/health", b"/ready", b""] {
+            assert!(!never_held(false, path, "/healthz"), "{path:?}");
+        }
+        // The gateway's probe asks whatever path the function declares.
+        assert!(never_held(true, b"/anything", "/_/ready"));
+    }
+
+    #[test]
     fn only_5xx_answers_are_worth_a_probe() {
         for status in [&b"500"[..], b"502", b"503", b"504"] {
             assert!(worth_a_probe(status));
@@ -304,11 +343,19 @@ mod tests {
     }
 
     #[test]
-    fn held_requests_probe_at_most_twenty_times_a_second_by_default() {
-        assert_eq!(holding_interval_ms(100), 50);
-        assert_eq!(1000 / holding_interval_ms(100), 20);
-        assert_eq!(holding_interval_ms(1), 1);
-        assert!(HOLDING_TICK_MS < holding_interval_ms(100));
+    fn held_requests_are_probed_fast_then_back_off_to_twenty_a_second() {
+        assert_eq!(holding_interval_ms(100, 0), 10);
+        assert_eq!(holding_interval_ms(100, 2000), 10);
+        assert_eq!(holding_interval_ms(100, 4000), 20);
+        assert_eq!(holding_interval_ms(100, 10_000), 50);
+        assert_eq!(holding_interval_ms(100, u64::MAX), 50);
+        assert_eq!(1000 / holding_interval_ms(100, 60_000), 20);
+        // Never faster than half a short retry interval, never slower than half a long one.
+        assert_eq!(holding_interval_ms(10, 0), 5);
+        assert_eq!(holding_interval_ms(10, 60_000), 5);
+        assert_eq!(holding_interval_ms(1000, 60_000), 300);
+        assert_eq!(holding_interval_ms(1000, 0), 10);
+        const { assert!(HOLDING_TICK_MS < FAST_PROBE_MS) };
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - [`trace`]: W3C and B3 trace context, read and written;
 //! - [`reply`]: every reply the filter makes;
 //! - [`policy`]: per-function policy checks, the rate-limit bucket, in-flight slots by owner;
-//! - [`gate`], [`body_budget`]: the readiness gate's shared records and decisions;
+//! - [`gate`], [`held`], [`body_budget`]: the readiness gate's shared records and decisions;
 //! - [`header_map`]: the proxy-wasm header map wire format;
 //! - [`metrics`]: the names of the filter's stats.
 //!
@@ -34,6 +34,7 @@ pub mod call_id;
 pub mod config;
 pub mod gate;
 pub mod header_map;
+pub mod held;
 pub mod metrics;
 pub mod plan;
 pub mod policy;

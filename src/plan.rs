@@ -90,7 +90,29 @@ impl Plan {
             Some(entry) => config.policy.default.merged_with(entry),
             None => config.policy.default.clone(),
         };
-        let (rules, annotations) = crate::annotations::narrow(&rules, &pod.annotations);
+        let (rules, mut annotations) = crate::annotations::narrow(&rules, &pod.annotations);
+        // The function's own readiness path (OpenFaaS's annotation) takes precedence over
+        // `readiness.path`; a bad one is refused and `readiness.path` stays.
+        let mut readiness = config.readiness.enabled.then(|| config.readiness.clone());
+        match (
+            crate::annotations::ready_path(&pod.annotations),
+            &mut readiness,
+        ) {
+            (None, _) => {}
+            (Some(_), None) => notices.push(format!(
+                "annotation {} not used: the readiness gate is off",
+                crate::annotations::READY_PATH
+            )),
+            (Some(outcome), Some(r)) => {
+                if let Ok(path) = outcome {
+                    r.path = path.to_string();
+                }
+                annotations.push(crate::annotations::Outcome {
+                    annotation: crate::annotations::READY_PATH.to_string(),
+                    refused: outcome.err(),
+                });
+            }
+        }
         let policy = Policy::compile(&rules);
         let rules_shown = rules.clone();
         Ok(Plan {
@@ -105,7 +127,7 @@ impl Plan {
             headers: config.headers.clone(),
             policy,
             tracing: config.tracing,
-            readiness: config.readiness.enabled.then(|| config.readiness.clone()),
+            readiness,
             hold_unsized_bodies: config.envoy.allow_on_headers_stop_iteration,
             gateway_principal: config.rewrite.gateway_principal.clone(),
             annotations,
@@ -117,5 +139,59 @@ impl Plan {
     /// The name replies carry in their `function` field.
     pub fn function_or_empty(&self) -> &str {
         self.function.as_deref().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::{BAD_READY_PATH, READY_PATH};
+
+    fn plan(config: &str, annotations: &[(&str, &str)]) -> Plan {
+        let pod = PodInfo {
+            label_value: Some("env".into()),
+            namespace: None,
+            annotations: annotations
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        Plan::compile(&Config::parse(config.as_bytes()).unwrap(), &pod).unwrap()
+    }
+
+    fn probed(plan: &Plan) -> &str {
+        &plan.readiness.as_ref().unwrap().path
+    }
+
+    #[test]
+    fn the_functions_readiness_path_annotation_wins_over_readiness_path() {
+        assert_eq!(probed(&plan("{}", &[])), "/_/ready");
+        let p = plan("{}", &[(READY_PATH, "/ready")]);
+        assert_eq!(probed(&p), "/ready");
+        assert_eq!(p.annotations[0].refused, None);
+        let p = plan(
+            r#"{"readiness": {"path": "/_/health"}}"#,
+            &[(READY_PATH, "/healthz")],
+        );
+        assert_eq!(probed(&p), "/healthz");
+    }
+
+    #[test]
+    fn a_bad_readiness_path_annotation_is_refused_and_readiness_path_stays() {
+        for config in ["{}", r#"{"readiness": {"path": "/_/health"}}"#] {
+            let before = probed(&plan(config, &[])).to_string();
+            let p = plan(config, &[(READY_PATH, "ready now")]);
+            assert_eq!(probed(&p), before);
+            assert_eq!(p.annotations.len(), 1);
+            assert_eq!(p.annotations[0].annotation, READY_PATH);
+            assert_eq!(p.annotations[0].refused, Some(BAD_READY_PATH));
+        }
+        // With the gate off it is not used, and says so.
+        let p = plan(
+            r#"{"readiness": {"enabled": false}}"#,
+            &[(READY_PATH, "/r")],
+        );
+        assert!(p.readiness.is_none() && p.annotations.is_empty());
+        assert!(p.notices.iter().any(|n| n.contains("gate is off")));
     }
 }

@@ -774,6 +774,16 @@ fn bootstrap(
         }));
     }
 
+    for (key, value) in &patches.connection_manager {
+        hcm[key] = value.clone();
+    }
+    // The manifest's request_timeout is rendered from the shipped configuration; a test that
+    // sets its own gets what `make render` would give that configuration.
+    if let Ok(timeout) = faas_mesh_tools::render::request_timeout(&options.plugin_config) {
+        if hcm.get("request_timeout").is_some() {
+            hcm["request_timeout"] = json!(timeout);
+        }
+    }
     let mut filter_chain = json!({
         "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }]
     });

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::path::Path;
 
-/// The three patches the manifest must carry.
+/// The patches of the manifest: three it must carry, and the connection manager's settings.
 #[derive(Debug, Clone)]
 pub struct Patches {
     /// CLUSTER (SIDECAR_INBOUND): the local cluster the readiness probe uses.
@@ -13,6 +13,9 @@ pub struct Patches {
     pub extension_config: Value,
     /// HTTP_FILTER (SIDECAR_INBOUND, INSERT_BEFORE the router): `{name, config_discovery}`.
     pub http_filter: Value,
+    /// NETWORK_FILTER (SIDECAR_INBOUND, MERGE into the connection manager): the settings merged
+    /// into its `typed_config` (`request_timeout`), without `@type`.
+    pub connection_manager: serde_json::Map<String, Value>,
 }
 
 impl Patches {
@@ -57,7 +60,25 @@ impl Patches {
             "/match/listener/filterChain/filter/subFilter/name",
             "envoy.filters.http.router",
         )?;
+        // Optional (an older manifest has none): the connection manager's settings.
+        let mut connection_manager = serde_json::Map::new();
+        if patches.iter().any(|p| p["applyTo"] == "NETWORK_FILTER") {
+            let manager = find("NETWORK_FILTER")?;
+            expect(manager, "/match/context", "SIDECAR_INBOUND")?;
+            expect(manager, "/patch/operation", "MERGE")?;
+            expect(
+                manager,
+                "/match/listener/filterChain/filter/name",
+                "envoy.filters.network.http_connection_manager",
+            )?;
+            connection_manager = manager["patch"]["value"]["typed_config"]
+                .as_object()
+                .cloned()
+                .ok_or("NETWORK_FILTER patch: no typed_config")?;
+            connection_manager.remove("@type");
+        }
         let patches = Patches {
+            connection_manager,
             cluster: cluster["patch"]["value"].clone(),
             extension_config: extension["patch"]["value"].clone(),
             http_filter: filter["patch"]["value"].clone(),

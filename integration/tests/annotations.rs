@@ -99,3 +99,55 @@ async fn widening_malformed_and_mode_annotations_never_loosen_anything() {
     }
     assert!(log.contains("the mode is the operator's alone"));
 }
+
+/// OpenFaaS's readiness-path annotation with a bad value (no leading `/`, a space): refused with
+/// one warning and the `refused` gauge; the gate keeps probing its configured path (issue 23,
+/// part 4), so it opens when the function answers that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_readiness_path_annotation_is_refused_and_the_default_stays() {
+    let function = StandInFunction::start().await.expect("function");
+    let envoy = Envoy::start(
+        EnvoyOptions::for_function(function.port())
+            .config("{}")
+            .annotations(&[("com.openfaas.ready.http.path", "ready now")]),
+    )
+    .await
+    .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    assert_eq!(envoy.get("/function/env/x").await.status, 200);
+    let refused = envoy
+        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+            v >= 1
+        })
+        .await;
+    assert_eq!(refused, 1);
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "annotation com.openfaas.ready.http.path refused (expected a path starting with '/'"
+        ) && log.contains("the gate probes readiness.path"),
+        "{log}"
+    );
+    assert!(function.probes() >= 1, "the default path was probed");
+}
+
+/// A valid readiness-path annotation is what the gate probes: the function's health endpoints
+/// say 503, its own path (any other path of the stand-in) 200, and the gate opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readiness_path_annotation_is_what_the_gate_probes() {
+    let function = StandInFunction::start().await.expect("function");
+    function.set_healthy(false);
+    let envoy = Envoy::start(
+        EnvoyOptions::for_function(function.port())
+            .config(r#"{"readiness": {"path": "/_/health", "max_wait_ms": 60000}}"#)
+            .annotations(&[("com.openfaas.ready.http.path", "/custom/ready")]),
+    )
+    .await
+    .expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let response = tokio::time::timeout(Duration::from_secs(20), envoy.get("/function/env/x"))
+        .await
+        .expect("served once the annotated path answers, not held");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(function.probes(), 0, "the health endpoints were not probed");
+}

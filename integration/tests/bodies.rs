@@ -236,3 +236,82 @@ async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
     );
     assert_eq!(function.calls(), u64::from(want == 200), "{first}+{rest}");
 }
+
+/// Issue 23, part 1: the held-body budget holds across a re-arm. Three 20 kB bodies are held
+/// against 64 KiB and released when the function is ready; they run for seconds, and meanwhile
+/// the function fails (a 500, then its readiness path), the gate re-arms and holds three new
+/// ones. When the first three finish, nothing of theirs may come off the new holds' count: three
+/// more bodies are refused at once, as the budget says. Before, the first three subtracted their
+/// bytes from the new count and three more were held (120,000 bytes against 65,536).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_budget_holds_across_a_rearm() {
+    const EACH: usize = 20_000;
+    let function = StandInFunction::start().await.expect("function");
+    function.set_healthy(false);
+    let mut options = EnvoyOptions::for_function(function.port())
+        .config(r#"{"readiness": {"max_pending_bytes": 65536, "max_wait_ms": 20000}}"#);
+    // One worker: a second one learns of the re-arm on its next slow tick and would send the
+    // second wave on meanwhile (the native tests in src/host/gate.rs cover two workers).
+    options.concurrency = 1;
+    let envoy = Envoy::start(options).await.expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let addr = envoy.addr();
+    let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.readiness.{name}");
+    let patience = Duration::from_secs(20);
+    let post = |tag: &str, i: usize, sleep_ms: u64| {
+        Request::new("POST", &format!("/function/env/{tag}/{i}"))
+            .header("X-Stand-In-Sleep-Ms", &sleep_ms.to_string())
+            .body(vec![b'a' + i as u8; EACH])
+    };
+
+    let mut first = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let request = post("first", i, 4000);
+        first.spawn(async move { http::send(addr, &request).await });
+    }
+    envoy
+        .wait_for_stat(&stat("pending"), patience, |v| v == 3)
+        .await;
+    function.set_healthy(true);
+    envoy
+        .wait_for_stat(&stat("released"), patience, |v| v == 3)
+        .await;
+    // They run; the function fails meanwhile: the gate re-arms.
+    function.set_healthy(false);
+    let failed = envoy
+        .send(&Request::get("/function/env/fail").header("X-Stand-In-Status", "500"))
+        .await
+        .expect("response");
+    assert_eq!(failed.status, 500);
+    envoy
+        .wait_for_stat(&stat("ready"), patience, |v| v == 0)
+        .await;
+
+    let mut second = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let request = post("second", i, 0);
+        second.spawn(async move { http::send(addr, &request).await });
+    }
+    envoy
+        .wait_for_stat(&stat("pending"), patience, |v| v == 3)
+        .await;
+    while let Some(done) = first.join_next().await {
+        let response = done.expect("task").expect("response");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // 60,000 bytes are held: none of three more fits.
+    for i in 0..3 {
+        let response = envoy.send(&post("third", i, 0)).await.expect("response");
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert_eq!(
+            response.json()["error"],
+            "too many request bytes waiting for the function to become ready",
+            "the third wave was held: the budget was exceeded"
+        );
+    }
+    function.set_healthy(true);
+    while let Some(done) = second.join_next().await {
+        let response = done.expect("task").expect("response");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+}

@@ -345,3 +345,60 @@ async fn a_saturated_function_counts_as_ready_and_a_disabled_gate_holds_nothing(
     assert_eq!(envoy.get("/function/env/a").await.status, 200);
     assert_eq!(stat(&envoy, "held").await, 0);
 }
+
+/// Requests that ask whether the function is up are never held (issue 23, part 3): the health and
+/// readiness endpoints themselves (by the path the function sees: direct, or under the prefix)
+/// and the OpenFaaS gateway's probe (by its user agent, any path)
+/// reach the function at once while the gate holds every other call, and get its answer of the
+/// moment. Before, each was held up to `max_wait_ms` (the gateway's probe a tenth of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
+    let function = StandInFunction::start().await.expect("function");
+    function.set_healthy(false); // /_/health and /_/ready answer 503: the gate holds
+    let mut options = EnvoyOptions::for_function(function.port())
+        .config(r#"{"readiness": {"max_wait_ms": 120000}}"#);
+    options.concurrency = 2;
+    let envoy = Envoy::start(options).await.expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let addr = envoy.addr();
+    let ordinary =
+        tokio::spawn(async move { http::send(addr, &Request::get("/function/env/work")).await });
+    wait_stat(&envoy, "pending", |v| v == 1).await;
+
+    let asks = [
+        Request::get("/_/health"),
+        Request::get("/function/env/_/ready?verbose=1"),
+        Request::get("/function/env/anything").header("User-Agent", "com.openfaas.gateway/probe"),
+    ];
+    for request in &asks {
+        // Held, it would wait two minutes: a generous bound tells "at once" from "held".
+        let response = tokio::time::timeout(Duration::from_secs(20), http::send(addr, request))
+            .await
+            .unwrap_or_else(|_| panic!("{}: held, not answered", request.target))
+            .expect("a response");
+        assert_eq!(
+            response.header("x-openfaas-internal"),
+            None,
+            "{}: answered by the filter, not the function: {}",
+            request.target,
+            response.text()
+        );
+        assert!(response.header("x-call-id").is_some());
+    }
+    // The function's answers of the moment: not ready on its health endpoints; the gateway's
+    // probe of an ordinary path reaches it too.
+    for target in ["/_/health", "/function/env/_/ready"] {
+        assert_eq!(envoy.get(target).await.status, 503, "{target}");
+    }
+    assert_eq!(
+        stat(&envoy, "held").await,
+        1,
+        "only the ordinary call is held"
+    );
+    assert_eq!(stat(&envoy, "passed_unheld").await, 5);
+
+    function.set_healthy(true);
+    let response = ordinary.await.expect("task").expect("a response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(stat(&envoy, "released").await, 1);
+}

@@ -9,6 +9,7 @@
 //! never more.
 
 use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
@@ -167,6 +168,90 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
     admits_exactly_the_limit(&envoy, &function, "after").await;
     // And again: nothing drifted.
     admits_exactly_the_limit(&envoy, &function, "again").await;
+}
+
+/// Issue 23, part 2: requests held by the readiness gate when their VM traps. Nothing in the pod
+/// can resume them (a paused request belongs to its VM), so the sidecar's `request_timeout`
+/// (the manifest's, `max_wait_ms` plus 10 s) answers them, Envoy's 503 through the failed VM;
+/// before, nobody did and the callers waited until they gave up. And the places they took in
+/// the pod's `max_pending` come back once they are answered, so new calls are held again rather
+/// than refused.
+async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
+    let port = free_port().expect("free port");
+    let mut options = EnvoyOptions::for_function(port)
+        .config(r#"{"readiness": {"max_wait_ms": 2000, "max_pending": 2}}"#);
+    options.concurrency = concurrency;
+    options.wasm = Some(trap_wasm().expect("the test-trap module"));
+    let envoy = Envoy::start(options).await.expect("Envoy");
+    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let addr = envoy.addr();
+    let mut held = JoinSet::new();
+    for i in 0..2 {
+        let request = Request::get(&format!("/function/env/held/{i}"));
+        held.spawn(async move { http::send(addr, &request).await });
+    }
+    envoy
+        .wait_for_stat(
+            "wasmcustom.faas_mesh_filter.function.env.readiness.pending",
+            PATIENCE,
+            |v| v == 2,
+        )
+        .await;
+    // With two workers the trap may hit the other VM: then the held calls' own VM answers
+    // them at max_wait_ms, which is fine too; the single-worker case is the one that bites.
+    let trapped = envoy
+        .send(&Request::get("/function/env/trap").header(TRAP_HEADER, "1"))
+        .await
+        .expect("an answer to the trapping request, not a reset");
+    assert!(trapped.status >= 500, "{}", trapped.text());
+    while let Some(done) = tokio::time::timeout(PATIENCE, held.join_next())
+        .await
+        .expect("every held call answered, though its VM died")
+    {
+        let response = done.expect("task").expect("an answer, not a reset");
+        assert_eq!(response.status, 503, "{}", response.text());
+    }
+    // The dead VM's places: a new call is held (it does not come back while the function is
+    // down) rather than refused at once as "too many requests waiting".
+    let deadline = Instant::now() + PATIENCE;
+    let mut call = loop {
+        let mut call =
+            tokio::spawn(
+                async move { http::send(addr, &Request::get("/function/env/after")).await },
+            );
+        match tokio::time::timeout(Duration::from_secs(1), &mut call).await {
+            Err(_) => break call,
+            Ok(answered) => {
+                let response = answered.expect("task").expect("an answer");
+                // Envoy's fail-closed 503 until the VM is replaced, or the gate's queue-full.
+                assert_eq!(response.status, 503, "{}", response.text());
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused {PATIENCE:?} after the held calls were answered: {}",
+                    response.text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let function = StandInFunction::start_on(port).await.expect("function");
+    let response = tokio::time::timeout(PATIENCE, &mut call)
+        .await
+        .expect("released when the function came up")
+        .expect("task")
+        .expect("an answer");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(function.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_of_a_vm_that_traps_are_answered_one_worker() {
+    held_calls_of_a_vm_that_traps_are_answered(1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_of_a_vm_that_traps_are_answered_two_workers() {
+    held_calls_of_a_vm_that_traps_are_answered(2).await
 }
 
 macro_rules! with_workers {

@@ -8,10 +8,9 @@
 //! The readiness gate adds, once the function is ready, one flag read per request; its probes
 //! run from the root context's tick (see `readiness`).
 
-use crate::body_budget;
 use crate::config::{Config, Keep, PolicyMode};
 use crate::header_map;
-use crate::host::gate::{Arrival, Gate, HoldState};
+use crate::host::gate::{Arrival, BodyRefused, Gate, HoldState};
 use crate::host::policy::{self as host_policy, Enforcer};
 use crate::host::{self, send_reply, Abi, Host, HostLogger, Stat};
 use crate::metrics;
@@ -104,6 +103,7 @@ impl RootContext for Root {
                         settings.clone(),
                         plan.function_or_empty(),
                         &plan.headers.call_id,
+                        vm_id(),
                     )
                 });
                 self.enforcer = plan.policy.is_active().then(|| {
@@ -115,9 +115,6 @@ impl RootContext for Root {
                     ))
                 });
                 self.stats = RequestStats::define(plan.function_or_empty());
-                if plan.readiness.is_some() {
-                    host::create_shared_data(body_budget::KEY, b"0");
-                }
                 count(Stat::define(
                     &Abi,
                     MetricType::Counter,
@@ -170,13 +167,29 @@ impl RootContext for Root {
             hold: None,
             inflight: false,
             counting_body: false,
-            held_bytes: 0,
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// This VM's id in the pod's held record: random, picked once per VM (a VM that replaces one
+/// that trapped starts with fresh memory, so it is another owner).
+fn vm_id() -> u64 {
+    thread_local! {
+        static VM_ID: Cell<u64> = const { Cell::new(0) };
+    }
+    VM_ID.with(|id| {
+        if id.get() == 0 {
+            let mut bytes = [0u8; 8];
+            let random = host::random_bytes(&mut bytes).map(|()| u64::from_le_bytes(bytes));
+            let fresh = random.unwrap_or_else(|_| host::now_nanos().unwrap_or(1));
+            id.set(fresh.max(1));
+        }
+        id.get()
+    })
 }
 
 /// One log line per `com.openfaas.mesh.*` annotation, applied or refused (the operator's rule
@@ -243,13 +256,17 @@ fn pod_info(label: &str) -> PodInfo {
 }
 
 /// The pod's annotations from the node metadata. Envoy hands a metadata map over as a
-/// serialized pair list (the header-map format); only the filter's own prefix is kept.
+/// serialized pair list (the header-map format); only the filter's own prefix and OpenFaaS's
+/// readiness path are kept.
 fn pod_annotations() -> Vec<(String, String)> {
     let Ok(Some(bytes)) = host::property(b"xds\0node\0metadata\0ANNOTATIONS") else {
         return Vec::new();
     };
     header_map::pairs(&bytes)
-        .filter(|(name, _)| name.starts_with(crate::annotations::PREFIX.as_bytes()))
+        .filter(|(name, _)| {
+            name.starts_with(crate::annotations::PREFIX.as_bytes())
+                || *name == crate::annotations::READY_PATH.as_bytes()
+        })
         .map(|(name, value)| {
             (
                 String::from_utf8_lossy(name).into_owned(),
@@ -277,9 +294,6 @@ struct Call {
     /// The body has no `Content-Length` and `max_body_bytes` is set: it is held and counted
     /// until it is complete or too large.
     counting_body: bool,
-    /// Body bytes this request has reserved in the pod's held-bytes budget (while the gate
-    /// holds it).
-    held_bytes: u64,
 }
 
 impl Call {
@@ -294,7 +308,6 @@ impl Context for Call {
     // Probes go out from the root context only (the pod's, not a client's), so their answers
     // arrive there, never here.
     fn on_done(&mut self) -> bool {
-        self.release_held_bytes();
         if self.inflight {
             self.inflight = false;
             if let Some(enforcer) = &self.enforcer {
@@ -345,7 +358,21 @@ impl HttpContext for Call {
             });
         // The decision: route, call id, headers to write, the policy's header checks.
         let decision = request::decide(&plan, &incoming, entropy, self.start_nanos, peer);
-        let (content_length, gateway_probe) = (incoming.content_length, incoming.gateway_probe);
+        let content_length = incoming.content_length;
+        // Requests that ask whether the function is up are never held (looked at only while the
+        // gate is closed): the path the function will see, after the rewrite.
+        let unheld = match &self.gate {
+            Some(gate) if !gate.is_ready() && decision.reply.is_none() => {
+                let path = decision
+                    .writes
+                    .iter()
+                    .find(|(name, _)| *name == ":path")
+                    .and_then(|(_, value)| value.as_deref())
+                    .unwrap_or(incoming.path);
+                gate.passes_unheld(incoming.gateway_probe, path)
+            }
+            _ => false,
+        };
         drop(incoming);
         drop(headers);
         self.call_id = decision.call_id;
@@ -390,7 +417,7 @@ impl HttpContext for Call {
             core::arch::wasm32::unreachable();
         }
         if let Some(gate) = self.gate.clone() {
-            if !gate.is_ready() {
+            if !gate.is_ready() && !unheld {
                 // A body the pod could never hold is answered now, not after `max_wait_ms`.
                 let budget = plan
                     .readiness
@@ -399,7 +426,7 @@ impl HttpContext for Call {
                 if content_length.is_some_and(|len| len > budget) {
                     return self.answer(&plan, reply::TOO_LARGE_TO_HOLD);
                 }
-                match gate.admit(self.context_id, &self.call_id, gateway_probe) {
+                match gate.admit(self.context_id, &self.call_id) {
                     Arrival::Go => {}
                     Arrival::Held(state) => {
                         if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {
@@ -455,7 +482,6 @@ impl HttpContext for Call {
             }
             return Action::Pause;
         }
-        self.release_held_bytes();
         if self.counting_body {
             Action::Pause
         } else {
@@ -475,7 +501,6 @@ impl HttpContext for Call {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.release_held_bytes();
         let Some(plan) = self.plan.as_ref() else {
             return Action::Continue;
         };
@@ -605,49 +630,22 @@ impl Call {
             .is_some_and(|e| e.policy().mode == PolicyMode::Enforce)
     }
 
-    /// A held request's body has grown to `body_bytes`: reserve the growth in the pod's budget,
-    /// or the reply when it does not fit.
-    fn hold_body(&mut self, body_bytes: u64) -> Option<LocalReply> {
-        let max = self.plan.as_ref()?.readiness.as_ref()?.max_pending_bytes;
-        let reserved = self.held_bytes;
-        let verdict = host::update_shared_data(body_budget::KEY, 16, |value| {
-            let total = body_budget::decode(value);
-            match body_budget::verdict(body_bytes, reserved, total, max) {
-                body_budget::Verdict::Hold { extra: 0, .. } => (None, Ok(0)),
-                body_budget::Verdict::Hold { extra, total } => {
-                    (Some(total.to_string().into_bytes()), Ok(extra))
-                }
-                refused => (None, Err(refused)),
-            }
-        });
-        match verdict {
-            Some(Ok(extra)) => {
-                self.held_bytes += extra;
-                None
-            }
-            Some(Err(body_budget::Verdict::TooLarge)) => Some(reply::TOO_LARGE_TO_HOLD),
-            Some(Err(_)) => {
+    /// A held request's body has grown to `body_bytes`: the gate reserves the growth in the
+    /// pod's budget, or this is the reply when it does not fit.
+    fn hold_body(&self, body_bytes: u64) -> Option<LocalReply> {
+        let gate = self.gate.as_ref()?;
+        match gate.hold_body(self.context_id, body_bytes) {
+            Ok(()) => None,
+            Err(BodyRefused::TooLarge) => Some(reply::TOO_LARGE_TO_HOLD),
+            Err(BodyRefused::Full) => {
                 log::warn!(
-                    "call {}: the pod already holds {max} bytes of request bodies; answered 503",
+                    "call {}: the pod already holds its max_pending_bytes of request bodies; \
+                     answered 503",
                     self.call_id
                 );
                 Some(reply::BYTES_FULL)
             }
-            // Shared data unusable: hold rather than refuse (Envoy's buffer limit still bounds it).
-            None => None,
         }
-    }
-
-    /// Gives this request's reserved body bytes back to the pod's budget.
-    fn release_held_bytes(&mut self) {
-        if self.held_bytes == 0 {
-            return;
-        }
-        let n = std::mem::take(&mut self.held_bytes);
-        let _ = host::update_shared_data(body_budget::KEY, 16, |value| {
-            let total = body_budget::decode(value).saturating_sub(n);
-            (Some(total.to_string().into_bytes()), ())
-        });
     }
 
     /// Answers from a body or trailers callback.
@@ -669,7 +667,6 @@ impl Call {
             }
             self.hold = None;
         }
-        self.release_held_bytes();
         send_reply(
             &Abi,
             &reply,

@@ -40,7 +40,9 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     Ok(vec![
         File {
             name: "envoyfilter.yaml",
-            contents: ENVOYFILTER.replace("{{CONFIGURATION}}", &indent(&pretty, 18)),
+            contents: ENVOYFILTER
+                .replace("{{CONFIGURATION}}", &indent(&pretty, 18))
+                .replace("{{REQUEST_TIMEOUT}}", &request_timeout(config_json)?),
         },
         File {
             name: "observability.yaml",
@@ -92,7 +94,8 @@ pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, Strin
         contents: WASMPLUGIN
             .replace("{{IMAGE}}", module.image)
             .replace("{{SHA256}}", &image.digest)
-            .replace("{{PLUGIN_CONFIG}}", &indent(&plugin_pretty, 4)),
+            .replace("{{PLUGIN_CONFIG}}", &indent(&plugin_pretty, 4))
+            .replace("{{REQUEST_TIMEOUT}}", &request_timeout(config_json)?),
     });
     Ok(files)
 }
@@ -106,6 +109,14 @@ fn checked(config_json: &str) -> Result<Value, String> {
         serde_json::from_str(config_json).map_err(|e| format!("configuration: {e}"))?
     };
     Ok(value)
+}
+
+/// The sidecar's `request_timeout` (a protobuf Duration): `readiness.max_wait_ms` plus the
+/// margin in which Envoy answers what a dead VM held ([`faas_mesh_filter::held::MARGIN_MS`]).
+pub fn request_timeout(config_json: &str) -> Result<String, String> {
+    let config = Config::parse(config_json.as_bytes()).map_err(|e| e.to_string())?;
+    let ms = config.readiness.max_wait_ms + faas_mesh_filter::held::MARGIN_MS;
+    Ok(format!("{}.{:03}s", ms / 1000, ms % 1000))
 }
 
 fn indent(text: &str, spaces: usize) -> String {
@@ -139,6 +150,30 @@ mod tests {
                 "envoyfilter/{} differs from `make render` output; run `make manifests` and commit",
                 file.name
             );
+        }
+    }
+
+    #[test]
+    fn both_routes_set_request_timeout_to_max_wait_plus_the_margin() {
+        assert_eq!(request_timeout("{}").unwrap(), "40.000s");
+        assert_eq!(
+            request_timeout(r#"{"readiness": {"max_wait_ms": 2500}}"#).unwrap(),
+            "12.500s"
+        );
+        let module = Module {
+            wasm: b"\0asm",
+            image: "example/faas-mesh-filter:0.1.0",
+            version: "0.1.0",
+        };
+        for file in render_all(r#"{"readiness": {"max_wait_ms": 1000}}"#, &module).unwrap() {
+            assert!(!file.contents.contains("{{"), "{}", file.name);
+            if file.name == "envoyfilter.yaml" || file.name == "wasmplugin.yaml" {
+                assert!(
+                    file.contents.contains("request_timeout: 11.000s"),
+                    "{}",
+                    file.name
+                );
+            }
         }
     }
 
