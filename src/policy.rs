@@ -86,7 +86,8 @@ impl Policy {
         let allow = rules
             .methods
             .as_ref()
-            .map(|list| list.join(", "))
+            // Joined as &strs, the one instantiation of `join` the configuration's messages use.
+            .map(|list| list.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
             .unwrap_or_default();
         let principals = rules.principals.as_ref().map(|list| {
             list.iter()
