@@ -57,7 +57,7 @@ export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
 export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
 .PHONY: openfaas go cold-start
-.PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
+.PHONY: help setup build size test unit integration istio-data soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
 # Release: one folder an operator applies as it is (tools/release.sh lists what is in it).
@@ -141,8 +141,14 @@ wasm-target:
 unit: wasm-target ## unit tests: the filter's pure modules and the tools (native, no Envoy)
 	cargo test -p faas-mesh-filter -p faas-mesh-tools
 
-integration: setup build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
+integration: setup build release istio-data ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
+
+# Real Istio data for the conformance tests (integration/tests/istio.rs), third-party, never
+# committed: into .cache/istio/ (ignored) from the offline mirror ISTIO_DATA=<dir>, or from
+# github.com/istio/istio by the commits pinned in tools/istio-data.lock, each checked by sha256.
+istio-data: ## the real Istio listener dump, bootstrap and ECDS dump into .cache/istio/ (ISTIO_DATA=<dir>: from that mirror)
+	ISTIO_DATA="$(ISTIO_DATA)" tools/istio-data.sh
 
 COLD_START_ROUNDS ?= 10
 cold-start: setup build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
