@@ -1,0 +1,395 @@
+//! Conformance with real Istio data (`make istio-data`; see `faas_mesh_integration::istio`): the
+//! shipped manifests applied as istiod applies them to a real sidecar's `virtualInbound`
+//! listener, and run in a real Envoy with Istio's bootstrap, on both routes.
+//!
+//! The dump's workload serves port 80; an OpenFaaS function's port is 8080. The dump is adapted
+//! by rewriting that port only (`rewrite_port`), so the bytes under test are the shipped
+//! manifests with their 8080 match, not a copy rendered for the dump.
+
+use faas_mesh_integration::envoy::filter_wasm;
+use faas_mesh_integration::http::{Request, Response};
+use faas_mesh_integration::istio::{
+    rewrite_port, yaml_documents, ChainRef, IstioData, IstioVersion, Mesh, Sidecar, SidecarOptions,
+    DUMP_PORT, FUNCTION_PORT, ISTIO_ONLY_FILTERS, TEST_DENIED_PREFIX,
+};
+use faas_mesh_integration::repo_root;
+use faas_mesh_integration::stand_in::StandInFunction;
+use faas_mesh_integration::tls::Pki;
+use faas_mesh_tools::render::{render_all, Module};
+use serde_json::Value;
+
+const FILTER: &str = "openfaas-fn.faas-mesh-filter";
+const ROUTER: &str = "envoy.filters.http.router";
+
+fn data() -> IstioData {
+    IstioData::load().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The real `virtualInbound`, its workload port rewritten to the function's.
+fn function_listener(data: &IstioData) -> Value {
+    let mut listener = data.virtual_inbound().expect("virtualInbound");
+    rewrite_port(&mut listener, DUMP_PORT, FUNCTION_PORT, true);
+    listener
+}
+
+fn shipped_envoyfilter() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("envoyfilter/envoyfilter.yaml"))
+        .expect("envoyfilter/envoyfilter.yaml");
+    yaml_documents(&text).expect("YAML").remove(0)
+}
+
+/// The manifests `make render` makes of the shipped configuration and the built module.
+fn rendered(name: &str) -> Vec<Value> {
+    let config = std::fs::read_to_string(repo_root().join("envoyfilter/config.json")).unwrap();
+    let wasm = std::fs::read(filter_wasm().expect("module")).expect("module");
+    let files = render_all(
+        &config,
+        &Module {
+            wasm: &wasm,
+            image: "registry.example/faas-mesh-filter:test",
+            version: "test",
+        },
+    )
+    .expect("render");
+    let file = files.iter().find(|f| f.name == name).expect(name);
+    yaml_documents(&file.contents).expect("YAML")
+}
+
+fn names(chains: &[ChainRef]) -> Vec<(String, Option<u64>, String)> {
+    let mut v: Vec<_> = chains
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.destination_port,
+                c.transport_protocol.clone(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The two chains istiod builds for a declared HTTP port: mTLS and plaintext.
+fn function_chains() -> Vec<(String, Option<u64>, String)> {
+    vec![
+        ("0.0.0.0_8080".into(), Some(8080), "raw_buffer".into()),
+        ("0.0.0.0_8080".into(), Some(8080), "tls".into()),
+    ]
+}
+
+/// The real chain's HTTP filters, Istio's own in the order istiod wrote them, with `inserted`
+/// at `at`.
+fn expected_order(inserted: &str, at: usize) -> Vec<String> {
+    let real = [
+        "istio.metadata_exchange",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "istio.stats",
+        ROUTER,
+    ];
+    let mut order: Vec<String> = real.iter().map(|s| s.to_string()).collect();
+    order.insert(at, inserted.to_string());
+    order
+}
+
+#[test]
+fn the_shipped_envoyfilter_lands_right_before_the_router_on_exactly_the_function_ports_chains() {
+    let data = data();
+    let mut mesh = Mesh::new(function_listener(&data));
+    let untouched = mesh.clone();
+    let applied = mesh
+        .apply_envoyfilter(&shipped_envoyfilter())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(applied.len(), 1, "one HTTP_FILTER patch");
+    assert_eq!(names(&applied[0]), function_chains());
+    // Istio's chain for the port, as istiod wrote it, is what the docs show.
+    for chain in &applied[0] {
+        assert_eq!(
+            untouched.http_filters(chain.index),
+            expected_order("x", 0)[1..].to_vec(),
+            "the real chain's HTTP filters"
+        );
+        assert_eq!(
+            mesh.http_filters(chain.index),
+            expected_order(FILTER, 6),
+            "EnvoyFilter route: after istio.stats, right before the router"
+        );
+    }
+    // The catch-all chains (a port the Service does not declare) and TCP chains: no filter.
+    assert_eq!(
+        names(&mesh.chains_with_http_filter(FILTER)),
+        function_chains()
+    );
+    let catch_all = mesh.chains_with_http_filter(ROUTER);
+    assert!(catch_all
+        .iter()
+        .any(|c| c.name == "virtualInbound-catchall-http" && c.destination_port.is_none()));
+    // The cluster and the extension config came along, by name.
+    assert_eq!(mesh.clusters.len(), 1);
+    assert_eq!(mesh.clusters[0]["name"], "faas_function_local");
+    assert_eq!(mesh.extension_configs.len(), 1);
+    assert_eq!(mesh.extension_configs[0]["name"], FILTER);
+}
+
+#[test]
+fn a_match_the_real_listener_does_not_have_is_an_error_not_a_missing_filter() {
+    let data = data();
+    // The dump as captured serves 80: the shipped 8080 match finds nothing there.
+    let mut as_captured = Mesh::new(data.virtual_inbound().expect("virtualInbound"));
+    let err = as_captured
+        .apply_envoyfilter(&shipped_envoyfilter())
+        .unwrap_err();
+    assert!(
+        err.contains("portNumber 8080 matches no inbound filter chain"),
+        "{err}"
+    );
+    assert!(err.contains("destination ports 15006, 80, 80"), "{err}");
+
+    let broken = |pointer: &str, value: &str| {
+        let mut doc = shipped_envoyfilter();
+        let patches = doc["spec"]["configPatches"].as_array_mut().unwrap();
+        let patch = patches
+            .iter_mut()
+            .find(|p| p["applyTo"] == "HTTP_FILTER")
+            .unwrap();
+        *patch.pointer_mut(pointer).unwrap() = Value::from(value);
+        Mesh::new(function_listener(&data))
+            .apply_envoyfilter(&doc)
+            .unwrap_err()
+    };
+    let err = broken(
+        "/match/listener/filterChain/filter/subFilter/name",
+        "envoy.router",
+    );
+    assert!(
+        err.contains("subFilter.name \"envoy.router\" matches no HTTP filter"),
+        "{err}"
+    );
+    let err = broken(
+        "/match/listener/filterChain/filter/name",
+        "envoy.http_connection_manager",
+    );
+    assert!(err.contains("filterChain.filter.name"), "{err}");
+}
+
+#[test]
+fn the_wasmplugin_lands_after_rbac_and_before_istio_stats_with_each_versions_ecds_name() {
+    let data = data();
+    let plugin = rendered("wasmplugin.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "WasmPlugin")
+        .expect("WasmPlugin");
+    for (version, resource) in [
+        (
+            IstioVersion::V1_29,
+            "extensions.istio.io/wasmplugin/openfaas-fn.faas-mesh-filter",
+        ),
+        (
+            IstioVersion::V1_30,
+            "extensions.istio.io/trafficextension/openfaas-fn.faas-mesh-filter~istio-translated-wasmplugin",
+        ),
+    ] {
+        let mut mesh = Mesh::new(function_listener(&data));
+        let chains = mesh
+            .apply_wasmplugin(&plugin, version, std::path::Path::new("/var/lib/istio/data/x.wasm"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&chains), function_chains());
+        for chain in &chains {
+            // After Istio's authorization (rbac), before grpc_stats, fault, cors and istio.stats.
+            assert_eq!(
+                mesh.http_filters(chain.index),
+                expected_order(resource, 2),
+                "{version:?}"
+            );
+        }
+        assert_eq!(mesh.extension_configs[0]["name"], resource);
+    }
+    // The ECDS resource has the shape istiod delivered in the real ECDS dump.
+    let delivered = &data.ecds["configs"][0]["ecds_filters"][1]["ecds_filter"];
+    let mut mesh = Mesh::new(function_listener(&data));
+    mesh.apply_wasmplugin(
+        &plugin,
+        IstioVersion::V1_30,
+        std::path::Path::new("/x.wasm"),
+    )
+    .unwrap();
+    let ours = &mesh.extension_configs[0]["typed_config"];
+    for pointer in [
+        "/@type",
+        "/config/vm_config/runtime",
+        "/config/configuration/@type",
+    ] {
+        assert_eq!(
+            ours.pointer(pointer),
+            delivered["typed_config"].pointer(pointer),
+            "{pointer}"
+        );
+    }
+}
+
+/// A function `env` behind an upstream Envoy built from Istio's bootstrap and the patched
+/// listener.
+async fn sidecar(
+    mesh: &Mesh,
+    module_server: Option<(String, std::net::SocketAddr)>,
+) -> (StandInFunction, Sidecar, Pki) {
+    let pki = Pki::new().expect("pki");
+    let function = StandInFunction::start().await.expect("function");
+    let options = SidecarOptions {
+        function_port: function.port(),
+        module: filter_wasm().expect("module"),
+        module_server,
+        labels: vec![("faas_function".into(), "env".into())],
+        namespace: "openfaas-fn".into(),
+        // Istio's own inclusion list hides the ECDS counters and the filter's stats: what
+        // docs/istio.md tells operators to add.
+        stats_inclusion_prefixes: vec![
+            "extension_config_discovery".into(),
+            "wasmcustom.faas_mesh_filter".into(),
+        ],
+        tls: pki.server(),
+        concurrency: 2,
+    };
+    let sidecar = Sidecar::start(mesh, &data(), &options)
+        .await
+        .expect("Envoy with Istio's bootstrap and listener");
+    let mut removed: Vec<&str> = sidecar
+        .removed
+        .iter()
+        .map(|r| r.split_once(' ').unwrap().1)
+        .collect();
+    removed.sort();
+    removed.dedup();
+    let mut istio_only = ISTIO_ONLY_FILTERS.to_vec();
+    istio_only.sort();
+    assert_eq!(
+        removed, istio_only,
+        "only the istio-proxy filters are removed"
+    );
+    (function, sidecar, pki)
+}
+
+fn call_id(response: &Response) -> Option<&str> {
+    response.header("x-call-id")
+}
+
+/// What holds on both routes: the filter serves the declared port, an AuthorizationPolicy
+/// answers before it (no call id), and a port the Service does not declare has no filter.
+async fn both_routes(sidecar: &Sidecar, function: &StandInFunction) {
+    let response = sidecar.get("/function/env/a?x=1").await;
+    assert_eq!(response.status, 200, "{}", sidecar.log_tail(30));
+    assert!(call_id(&response).is_some());
+    assert_eq!(function.received().last().unwrap()["path"], "/a?x=1");
+    let other = sidecar.get("/function/other/").await;
+    assert_eq!(other.status, 404);
+    assert!(
+        call_id(&other).is_some(),
+        "the filter's own replies carry a call id"
+    );
+
+    // rbac (an AuthorizationPolicy) answers first: its 403 has no call id, the gate never saw it.
+    let calls = function.calls();
+    let denied = sidecar.get(&format!("{TEST_DENIED_PREFIX}/x")).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.text(), "RBAC: access denied");
+    assert_eq!(call_id(&denied), None);
+    assert_eq!(function.calls(), calls);
+
+    // A port the Service does not declare: Istio's catch-all chain, without the filter. The
+    // request reaches the function as sent: no rewrite, no call id, no policy.
+    let undeclared =
+        faas_mesh_integration::http::send(sidecar.undeclared, &Request::get("/function/other/raw"))
+            .await
+            .expect("undeclared port");
+    assert_eq!(undeclared.status, 200);
+    assert_eq!(call_id(&undeclared), None);
+    assert_eq!(
+        function.received().last().unwrap()["path"],
+        "/function/other/raw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoyfilter_route_in_a_real_sidecar_listener_and_bootstrap() {
+    let data = data();
+    let mut mesh = Mesh::new(function_listener(&data));
+    mesh.apply_envoyfilter(&shipped_envoyfilter()).unwrap();
+    let (function, mut sidecar, _pki) = sidecar(&mesh, None).await;
+    assert!(
+        sidecar.ecds_outcome(FILTER).await.expect("ECDS"),
+        "{}",
+        sidecar.log_tail(40)
+    );
+    // Envoy runs the chain as the docs show it (istio.stats removed: upstream lacks it).
+    assert_eq!(
+        sidecar.running_http_filters("0.0.0.0_8080").await.unwrap(),
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.grpc_stats",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
+            FILTER,
+            ROUTER
+        ]
+    );
+    both_routes(&sidecar, &function).await;
+
+    // fault runs before the gate: its abort has no call id, even for a call the gate refuses.
+    let aborted = sidecar
+        .send(&Request::get("/function/other/").header("x-envoy-fault-abort-request", "503"))
+        .await
+        .unwrap();
+    assert_eq!(aborted.status, 503);
+    assert_eq!(call_id(&aborted), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wasmplugin_route_in_a_real_sidecar_listener_and_bootstrap() {
+    let data = data();
+    let docs = rendered("wasmplugin.yaml");
+    let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").unwrap();
+    let probe = docs.iter().find(|d| d["kind"] == "EnvoyFilter").unwrap();
+    let mut mesh = Mesh::new(function_listener(&data));
+    let resource = IstioVersion::V1_30.ecds_name("openfaas-fn", "faas-mesh-filter");
+    // The module istio-agent would have pulled (the image's layer is the built module).
+    mesh.apply_wasmplugin(plugin, IstioVersion::V1_30, &filter_wasm().unwrap())
+        .unwrap();
+    mesh.apply_envoyfilter(probe).unwrap();
+    let (function, mut sidecar, _pki) = sidecar(&mesh, None).await;
+    assert!(
+        sidecar.ecds_outcome(&resource).await.expect("ECDS"),
+        "{}",
+        sidecar.log_tail(40)
+    );
+    assert_eq!(
+        sidecar.running_http_filters("0.0.0.0_8080").await.unwrap(),
+        [
+            "envoy.filters.http.rbac",
+            &resource,
+            "envoy.filters.http.grpc_stats",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
+            ROUTER
+        ]
+    );
+    both_routes(&sidecar, &function).await;
+
+    // The gate runs before fault: a call the gate refuses is refused by it, whatever fault
+    // would have done; one it admits then meets the abort.
+    let refused = sidecar
+        .send(&Request::get("/function/other/").header("x-envoy-fault-abort-request", "503"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 404);
+    assert!(call_id(&refused).is_some());
+    let calls = function.calls();
+    let aborted = sidecar
+        .send(&Request::get("/function/env/a").header("x-envoy-fault-abort-request", "503"))
+        .await
+        .unwrap();
+    assert_eq!(aborted.status, 503);
+    assert_eq!(function.calls(), calls);
+}
