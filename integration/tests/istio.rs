@@ -182,6 +182,7 @@ fn the_wasmplugin_lands_after_rbac_and_before_istio_stats_with_each_versions_ecd
         .into_iter()
         .find(|d| d["kind"] == "WasmPlugin")
         .expect("WasmPlugin");
+    assert_eq!(plugin["spec"]["phase"], "STATS");
     for (version, resource) in [
         (
             IstioVersion::V1_29,
