@@ -876,6 +876,14 @@ impl Sidecar {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// How Envoy exited, if it did, and what it wrote to stdout/stderr.
+    pub fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
+        let status = self.child.try_wait().ok()??;
+        let output =
+            std::fs::read_to_string(self.dir.path().join("stdout-stderr.log")).unwrap_or_default();
+        Some((status, output))
+    }
+
     fn check_running(&mut self) -> io::Result<()> {
         match self.child.try_wait()? {
             None => Ok(()),

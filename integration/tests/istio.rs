@@ -394,3 +394,250 @@ async fn the_wasmplugin_route_in_a_real_sidecar_listener_and_bootstrap() {
     assert_eq!(aborted.status, 503);
     assert_eq!(function.calls(), calls);
 }
+
+/// The module server of a test: serves `module` at `/faas_mesh_filter.wasm` on a loopback port
+/// it picks, counts the fetches, stops when dropped.
+struct ModuleServer {
+    addr: std::net::SocketAddr,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ModuleServer {
+    async fn start(module: Vec<u8>) -> ModuleServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = fetches.clone();
+        let module = std::sync::Arc::new(module);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let module = module.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let found = head.starts_with(b"GET /faas_mesh_filter.wasm ");
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body): (&str, &[u8]) = if found {
+                        ("200 OK", &module)
+                    } else {
+                        ("404 Not Found", b"")
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/wasm\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.write_all(body).await;
+                });
+            }
+        });
+        ModuleServer {
+            addr,
+            fetches,
+            task,
+        }
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ModuleServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The rendered EnvoyFilter that fetches the module (`vm_config.code.remote`), and the cluster
+/// it fetches through.
+fn remote_envoyfilter() -> (Value, String) {
+    let config = std::fs::read_to_string(repo_root().join("envoyfilter/config.json")).unwrap();
+    let wasm = std::fs::read(filter_wasm().expect("module")).expect("module");
+    let files = render_all(
+        &config,
+        &Module {
+            wasm: &wasm,
+            image: "registry.example/faas-mesh-filter:test",
+            version: "test",
+        },
+    )
+    .expect("render");
+    for file in &files {
+        for doc in yaml_documents(&file.contents).expect("YAML") {
+            if doc["kind"] != "EnvoyFilter" {
+                continue;
+            }
+            for patch in doc["spec"]["configPatches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let remote = &patch["patch"]["value"]["typed_config"]["config"]["vm_config"]
+                    ["code"]["remote"];
+                if let Some(cluster) = remote["http_uri"]["cluster"].as_str() {
+                    assert_eq!(
+                        remote["sha256"].as_str(),
+                        Some(faas_mesh_tools::sha256_hex(&wasm).as_str()),
+                        "{}: the pinned sha256 is not the module's",
+                        file.name
+                    );
+                    return (doc.clone(), cluster.to_string());
+                }
+            }
+        }
+    }
+    panic!(
+        "no rendered EnvoyFilter fetches the module (vm_config.code.remote): the EnvoyFilter route \
+         still needs the module mounted into every function (sidecar.istio.io/userVolume)"
+    );
+}
+
+/// The remote EnvoyFilter route on the real listener, its module server at `server`.
+async fn remote_route(server: std::net::SocketAddr) -> (StandInFunction, Sidecar) {
+    let data = data();
+    let mut mesh = Mesh::new(function_listener(&data));
+    let (doc, cluster) = remote_envoyfilter();
+    mesh.apply_envoyfilter(&doc)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (function, mut sidecar, _pki) = sidecar(&mesh, Some((cluster, server))).await;
+    // ECDS accepts the configuration before the fetch: its update_success says nothing of
+    // the module.
+    assert!(sidecar.ecds_outcome(FILTER).await.expect("ECDS outcome"));
+    (function, sidecar)
+}
+
+/// A sidecar whose module cannot be had: while Envoy retries the fetch it is not initialized
+/// (its listener accepts nothing: Kubernetes sees the pod not ready); once the retries are spent
+/// `wasm.remote_load_fetch_failures` counts the failure and every request is answered 503 by the
+/// fail-closed plugin. At no point does a request reach the function.
+async fn fails_closed(sidecar: &Sidecar, function: &StandInFunction) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        if let Ok(response) =
+            faas_mesh_integration::http::send(sidecar.declared, &Request::get("/function/env/a"))
+                .await
+        {
+            assert!(
+                response.status >= 500,
+                "{}: {}",
+                response.status,
+                response.text()
+            );
+        }
+        assert_eq!(function.calls(), 0, "a request reached the function");
+        if sidecar.stat("wasm.remote_load_fetch_failures").await >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fetch neither failed nor succeeded\n{}",
+            sidecar.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(sidecar.stat("wasm.remote_load_fetch_successes").await, 0);
+    // Envoy serves again (retries spent): every request gets the plugin's 503.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let response = loop {
+        match faas_mesh_integration::http::send(sidecar.declared, &Request::get("/function/env/a"))
+            .await
+        {
+            Ok(response) => break response,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(call_id(&response), None);
+    for target in ["/", "/function/other/", "/function/env/b"] {
+        let response = sidecar.get(target).await;
+        assert_eq!(response.status, 503, "{target}");
+    }
+    assert_eq!(function.calls(), 0, "a request reached the function");
+    for line in [
+        "Retry limit exceeded for fetching data from remote data source.",
+        "Plugin configured to fail closed failed to load",
+    ] {
+        let log = sidecar.log_when(|log| log.contains(line)).await;
+        assert!(
+            log.contains(line),
+            "no {line:?} in\n{}",
+            sidecar.log_tail(30)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_route_loads_the_module_pinned_by_digest_from_the_module_server() {
+    // The module server the bundle ships carries the very module the EnvoyFilter pins, at the
+    // address the EnvoyFilter's cluster names.
+    let wasm = std::fs::read(filter_wasm().unwrap()).unwrap();
+    let (filter, cluster) = remote_envoyfilter();
+    let server_docs = rendered("module-server.yaml");
+    let carried = server_docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["binaryData"]["faas_mesh_filter.wasm"].as_str())
+        .expect("the module server's ConfigMap");
+    assert_eq!(carried, faas_mesh_tools::base64(&wasm));
+    let service = server_docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap()
+    );
+    let fetch_cluster = filter["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patch"]["value"]["name"] == cluster.as_str())
+        .expect("the EnvoyFilter adds the cluster it fetches through");
+    let endpoint = &fetch_cluster["patch"]["value"]["load_assignment"]["endpoints"][0]
+        ["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(endpoint["address"], host.as_str());
+    assert_eq!(endpoint["port_value"], service["spec"]["ports"][0]["port"]);
+
+    let server = ModuleServer::start(wasm).await;
+    let (function, sidecar) = remote_route(server.addr).await;
+    assert!(server.fetches() >= 1);
+    assert!(sidecar.stat("wasm.remote_load_fetch_successes").await >= 1);
+    assert_eq!(sidecar.stat("wasm.remote_load_fetch_failures").await, 0);
+    let response = sidecar.get("/function/env/a").await;
+    assert_eq!(response.status, 200);
+    assert!(call_id(&response).is_some());
+    assert_eq!(function.received().last().unwrap()["path"], "/a");
+    assert_eq!(sidecar.get("/function/other/").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_server_serving_other_bytes_fails_closed_visibly() {
+    // A server that serves anything but the pinned module (an older build, a truncated copy).
+    let mut other = std::fs::read(filter_wasm().unwrap()).unwrap();
+    other.truncate(other.len() / 2);
+    let server = ModuleServer::start(other).await;
+    let (function, sidecar) = remote_route(server.addr).await;
+    fails_closed(&sidecar, &function).await;
+    assert!(server.fetches() >= 2, "Envoy did not retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_module_server_fails_closed_visibly() {
+    // A loopback port nothing listens on.
+    let nobody =
+        std::net::SocketAddr::from(([127, 0, 0, 1], faas_mesh_integration::free_port().unwrap()));
+    let (function, sidecar) = remote_route(nobody).await;
+    fails_closed(&sidecar, &function).await;
+}

@@ -12,8 +12,94 @@ use serde_json::Value;
 const ENVOYFILTER: &str = include_str!("../templates/envoyfilter.yaml");
 const WASMPLUGIN: &str = include_str!("../templates/wasmplugin.yaml");
 const CONFIGMAP: &str = include_str!("../templates/wasm-configmap.yaml");
+const MODULE_SERVER: &str = include_str!("../templates/module-server.yaml");
 const STACK: &str = include_str!("../templates/stack.yml");
 const OBSERVABILITY: &str = include_str!("../../envoyfilter/observability.yaml");
+
+/// The module server's image (module-server.yaml): BusyBox's httpd. Whatever it serves, a
+/// sidecar loads only the module whose sha256 the EnvoyFilter pins.
+pub const MODULE_SERVER_IMAGE: &str = "docker.io/library/busybox:1.37.0";
+/// Where sidecars fetch the module from on the remote route (the Service in module-server.yaml).
+pub const MODULE_SERVER_HOST: &str = "faas-mesh-filter-module.openfaas.svc.cluster.local";
+pub const MODULE_SERVER_PORT: u16 = 8080;
+/// The cluster the remote EnvoyFilter adds for the fetch.
+pub const MODULE_CLUSTER: &str = "faas_mesh_filter_module";
+
+/// Where the EnvoyFilter route's sidecars get the module from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleSource<'a> {
+    /// A file in the sidecar: the ConfigMap mounted by per-function annotations (stack.yml).
+    ConfigMapMount,
+    /// Fetched by every sidecar from the module server, loaded only with this sha256 (hex).
+    Remote { sha256: &'a str },
+}
+
+/// The EnvoyFilter with the plugin configuration `pretty` (JSON) and the module from `source`.
+pub fn envoyfilter(pretty: &str, source: ModuleSource) -> String {
+    let (note, code, cluster) = match source {
+        ModuleSource::ConfigMapMount => (
+            "# The module must exist inside the istio-proxy container at the filename below: the ConfigMap in\n\
+             # wasm-configmap.yaml, mounted by the annotations in stack.yml (README, \"Getting the module into the\n\
+             # sidecar\"). envoyfilter-remote.yaml needs no per-function edit (docs/istio.md).\n"
+                .to_string(),
+            "                code:\n\
+             \x20                 local:\n\
+             \x20                   filename: /var/local/lib/wasm/faas_mesh_filter.wasm\n"
+                .to_string(),
+            String::new(),
+        ),
+        ModuleSource::Remote { sha256 } => (
+            "# This is envoyfilter-remote.yaml: apply it in place of envoyfilter.yaml (same object name),\n\
+             # after module-server.yaml. A fourth patch, a second CLUSTER, reaches the module server;\n\
+             # every sidecar fetches the module from it and loads it only if its sha256 is the one\n\
+             # pinned below: no function is annotated or redeployed. A wrong module or an unreachable\n\
+             # server fails closed (docs/istio.md, \"Delivering the module\").\n"
+                .to_string(),
+            format!(
+                "                code:\n\
+                 \x20                 remote:\n\
+                 \x20                   http_uri:\n\
+                 \x20                     uri: http://{MODULE_SERVER_HOST}:{MODULE_SERVER_PORT}/faas_mesh_filter.wasm\n\
+                 \x20                     cluster: {MODULE_CLUSTER}\n\
+                 \x20                     timeout: 10s\n\
+                 \x20                   sha256: {sha256}\n\
+                 \x20                   # A sidecar starting while the server is away waits (it is not ready,\n\
+                 \x20                   # serves nothing) for up to about 35 s, then fails closed.\n\
+                 \x20                   retry_policy:\n\
+                 \x20                     num_retries: 6\n\
+                 \x20                     retry_back_off:\n\
+                 \x20                       base_interval: 1s\n\
+                 \x20                       max_interval: 10s\n"
+            ),
+            format!(
+                "    - applyTo: CLUSTER\n\
+                 \x20     match:\n\
+                 \x20       context: SIDECAR_INBOUND\n\
+                 \x20     patch:\n\
+                 \x20       operation: ADD\n\
+                 \x20       value:\n\
+                 \x20         name: {MODULE_CLUSTER}\n\
+                 \x20         type: STRICT_DNS\n\
+                 \x20         dns_lookup_family: V4_ONLY\n\
+                 \x20         connect_timeout: 2s\n\
+                 \x20         load_assignment:\n\
+                 \x20           cluster_name: {MODULE_CLUSTER}\n\
+                 \x20           endpoints:\n\
+                 \x20             - lb_endpoints:\n\
+                 \x20                 - endpoint:\n\
+                 \x20                     address:\n\
+                 \x20                       socket_address:\n\
+                 \x20                         address: {MODULE_SERVER_HOST}\n\
+                 \x20                         port_value: {MODULE_SERVER_PORT}\n"
+            ),
+        ),
+    };
+    ENVOYFILTER
+        .replace("{{MODULE_NOTE}}", &note)
+        .replace("{{CODE}}", &code)
+        .replace("{{MODULE_CLUSTER}}", &cluster)
+        .replace("{{CONFIGURATION}}", &indent(pretty, 18))
+}
 
 /// Kubernetes refuses objects over 1 MiB; keep room for metadata.
 pub const CONFIGMAP_LIMIT: usize = 1024 * 1024 - 4096;
@@ -40,7 +126,7 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     Ok(vec![
         File {
             name: "envoyfilter.yaml",
-            contents: ENVOYFILTER.replace("{{CONFIGURATION}}", &indent(&pretty, 18)),
+            contents: envoyfilter(&pretty, ModuleSource::ConfigMapMount),
         },
         File {
             name: "observability.yaml",
@@ -53,8 +139,9 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     ])
 }
 
-/// Every file: the static ones, the ConfigMap carrying the module, and the WasmPlugin pinned
-/// to the module's image digest.
+/// Every file: the static ones, the ConfigMap carrying the module, the WasmPlugin pinned to the
+/// module's image digest, and the EnvoyFilter that fetches the module by its sha256 from the
+/// module server (`envoyfilter-remote.yaml`, `module-server.yaml`).
 pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, String> {
     let mut files = render_static(config_json)?;
     let config = checked(config_json)?;
@@ -76,6 +163,25 @@ pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, Strin
     files.push(File {
         name: "wasm-configmap.yaml",
         contents: configmap,
+    });
+    let module_sha256 = sha256_hex(module.wasm);
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    files.push(File {
+        name: "envoyfilter-remote.yaml",
+        contents: envoyfilter(
+            &pretty,
+            ModuleSource::Remote {
+                sha256: &module_sha256,
+            },
+        ),
+    });
+    files.push(File {
+        name: "module-server.yaml",
+        contents: MODULE_SERVER
+            .replace("{{WASM_BYTES}}", &module.wasm.len().to_string())
+            .replace("{{WASM_SHA256}}", &module_sha256)
+            .replace("{{WASM_BASE64}}", &encoded)
+            .replace("{{MODULE_SERVER_IMAGE}}", MODULE_SERVER_IMAGE),
     });
     // Istio's WasmPlugin cannot set the PluginConfig's allow_on_headers_stop_iteration: the
     // filter is told, so it never waits for body callbacks that such a host would not make.
@@ -173,6 +279,27 @@ mod tests {
             filter.contains(r#"                    "methods": ["#),
             "{filter}"
         );
+    }
+
+    #[test]
+    fn the_remote_envoyfilter_pins_the_module_the_module_server_carries() {
+        let wasm = b"\0asm\x01\0\0\0module bytes".to_vec();
+        let files = render_all("{}", &module(&wasm)).unwrap();
+        let get = |name: &str| &files.iter().find(|f| f.name == name).unwrap().contents;
+        let remote = get("envoyfilter-remote.yaml");
+        assert!(remote.contains(&format!("sha256: {}", sha256_hex(&wasm))));
+        assert!(remote.contains(&format!("cluster: {MODULE_CLUSTER}")));
+        assert!(remote.contains(&format!("name: {MODULE_CLUSTER}")));
+        assert!(remote.contains(&format!("address: {MODULE_SERVER_HOST}")));
+        assert!(!remote.contains("filename:"));
+        let server = get("module-server.yaml");
+        assert!(server.contains(&base64(&wasm)));
+        assert!(server.contains(&format!("image: {MODULE_SERVER_IMAGE}")));
+        assert!(server.contains("sidecar.istio.io/inject: \"false\""));
+        // The fallback, with no module server: the file the ConfigMap mount provides.
+        let local = get("envoyfilter.yaml");
+        assert!(local.contains("filename: /var/local/lib/wasm/faas_mesh_filter.wasm"));
+        assert!(!local.contains("remote:"));
     }
 
     #[test]
