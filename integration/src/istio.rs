@@ -547,6 +547,9 @@ pub struct Sidecar {
     pub removed: Vec<String>,
     /// The bootstrap Envoy runs (for a failure message).
     pub bootstrap: Value,
+    /// The ECDS file of each extension config, by resource name.
+    ecds_paths: Vec<(String, PathBuf)>,
+    version: u64,
 }
 
 impl Sidecar {
@@ -729,6 +732,8 @@ impl Sidecar {
             undeclared: SocketAddr::from(([127, 0, 0, 1], undeclared_port)),
             removed,
             bootstrap,
+            ecds_paths,
+            version: 1,
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
@@ -790,6 +795,32 @@ impl Sidecar {
 
     pub async fn send(&self, request: &Request) -> io::Result<Response> {
         http::send(self.declared, request).await
+    }
+
+    /// Pushes a new version of an extension config (`TypedExtensionConfig`, as an
+    /// EXTENSION_CONFIG patch carries it), as istiod does after `kubectl apply`.
+    pub fn push_extension_config(&mut self, resource: &Value) -> io::Result<()> {
+        let name = resource["name"].as_str().unwrap_or_default();
+        let path = self
+            .ecds_paths
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| io::Error::other(format!("no extension config {name}")))?;
+        self.version += 1;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&json!({
+                "version_info": self.version.to_string(),
+                "resources": [{
+                    "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                    "name": name,
+                    "typed_config": resource["typed_config"],
+                }]
+            }))?,
+        )?;
+        std::fs::rename(&tmp, &path)
     }
 
     pub async fn get(&self, target: &str) -> Response {

@@ -52,8 +52,10 @@ pub fn envoyfilter(pretty: &str, source: ModuleSource) -> String {
             "# This is envoyfilter-remote.yaml: apply it in place of envoyfilter.yaml (same object name),\n\
              # after module-server.yaml. A fourth patch, a second CLUSTER, reaches the module server;\n\
              # every sidecar fetches the module from it and loads it only if its sha256 is the one\n\
-             # pinned below: no function is annotated or redeployed. A wrong module or an unreachable\n\
-             # server fails closed (docs/istio.md, \"Delivering the module\").\n"
+             # pinned below: no function is annotated. A sidecar starting without the right module\n\
+             # fails closed. But a sidecar already running when this file (or a new digest) arrives\n\
+             # leaves the filter out until it restarts (Envoy's remote fetch outside startup): restart\n\
+             # the function pods right after applying (docs/istio.md, \"Delivering the module\").\n"
                 .to_string(),
             format!(
                 "                code:\n\
