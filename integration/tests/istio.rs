@@ -127,6 +127,10 @@ fn the_shipped_envoyfilter_lands_right_before_the_router_on_exactly_the_function
     assert!(catch_all
         .iter()
         .any(|c| c.name == "virtualInbound-catchall-http" && c.destination_port.is_none()));
+    // Istio configures fault and CORS on the caller's side: the inbound routes carry no
+    // per-route config, so those two filters are inert there (docs/istio.md).
+    let text = serde_json::to_string(&untouched.listener).unwrap();
+    assert!(!text.contains("typed_per_filter_config"));
     // The cluster and the extension config came along, by name.
     assert_eq!(mesh.clusters.len(), 1);
     assert_eq!(mesh.clusters[0]["name"], "faas_function_local");
