@@ -532,6 +532,9 @@ pub struct SidecarOptions {
     pub tls: crate::tls::ServerTls,
     /// Worker threads.
     pub concurrency: u32,
+    /// Serve `virtualInbound` by LDS (from a file) rather than statically, so a test can push a
+    /// new version of it as istiod does ([`Sidecar::push_listener`]).
+    pub dynamic_listeners: bool,
 }
 
 /// A running upstream Envoy built from Istio's bootstrap and a patched `virtualInbound`.
@@ -550,6 +553,8 @@ pub struct Sidecar {
     /// The ECDS file of each extension config, by resource name.
     ecds_paths: Vec<(String, PathBuf)>,
     version: u64,
+    /// The LDS file, with `dynamic_listeners`.
+    lds_path: Option<PathBuf>,
 }
 
 impl Sidecar {
@@ -565,17 +570,6 @@ impl Sidecar {
             .tempdir()?;
         let declared_port = crate::free_port()?;
         let undeclared_port = crate::free_port()?;
-        let mut removed = Vec::new();
-        let mut listener = mesh.listener.clone();
-        if let Some(map) = listener.as_object_mut() {
-            map.remove("@type"); // a config dump's, not a bootstrap's
-        }
-        // The chains of the function's port (8080 after rewrite_port) get the test's port.
-        rewrite_port(&mut listener, FUNCTION_PORT, declared_port, false);
-        listener["address"] =
-            json!({ "socket_address": { "address": "127.0.0.1", "port_value": declared_port } });
-        listener["additional_addresses"] = json!([{ "address": { "socket_address": {
-            "address": "127.0.0.1", "port_value": undeclared_port } } }]);
         let mut ecds_paths = Vec::new();
         for (i, resource) in mesh.extension_configs.iter().enumerate() {
             let mut resource = resource.clone();
@@ -600,43 +594,15 @@ impl Sidecar {
                 path,
             ));
         }
-        for chain in listener["filter_chains"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(filters) = chain["filters"].as_array_mut() {
-                filters.retain(|f| {
-                    let name = f["name"].as_str().unwrap_or_default();
-                    let istio_only = ISTIO_ONLY_FILTERS.contains(&name);
-                    if istio_only {
-                        removed.push(format!("network {name}"));
-                    }
-                    !istio_only
-                });
-                for f in filters.iter_mut().filter(|f| f["name"] == HCM) {
-                    let hcm = &mut f["typed_config"];
-                    if let Some(http_filters) = hcm["http_filters"].as_array_mut() {
-                        http_filters.retain(|h| {
-                            let name = h["name"].as_str().unwrap_or_default();
-                            let istio_only = ISTIO_ONLY_FILTERS.contains(&name);
-                            if istio_only {
-                                removed.push(format!("http {name}"));
-                            }
-                            !istio_only
-                        });
-                        for h in http_filters.iter_mut() {
-                            adapt_http_filter(h, &ecds_paths);
-                        }
-                    }
-                }
-            }
-            if chain.get("transport_socket").is_some() {
-                static_certificates(&mut chain["transport_socket"], &options.tls);
-            }
-        }
-        removed.sort();
-        removed.dedup();
+        let mut removed = Vec::new();
+        let listener = runnable_listener(
+            mesh,
+            declared_port,
+            undeclared_port,
+            options,
+            &ecds_paths,
+            &mut removed,
+        );
 
         // Clusters the routes name (from CDS in a real sidecar): the function, and the
         // passthrough, which stands for the function listening on a port the Service does not
@@ -696,8 +662,23 @@ impl Sidecar {
         b["admin"]["address"] =
             json!({ "socket_address": { "address": "127.0.0.1", "port_value": 0 } });
         b["admin"]["profile_path"] = json!(dir.path().join("envoy.prof").display().to_string());
+        let lds_path = if options.dynamic_listeners {
+            let path = dir.path().join("lds.json");
+            write_lds(&path, &listener, 1)?;
+            b.insert(
+                "dynamic_resources".into(),
+                json!({ "lds_config": {
+                    "path_config_source": { "path": path.display().to_string() },
+                    "resource_api_version": "V3",
+                } }),
+            );
+            b["static_resources"]["listeners"] = json!([]);
+            Some(path)
+        } else {
+            b["static_resources"]["listeners"] = json!([listener]);
+            None
+        };
         let statics = &mut b["static_resources"];
-        statics["listeners"] = json!([listener]);
         let mut all = statics["clusters"].as_array().cloned().unwrap_or_default();
         all.retain(|c| c["name"] != "zipkin");
         all.extend(clusters);
@@ -734,6 +715,7 @@ impl Sidecar {
             bootstrap,
             ecds_paths,
             version: 1,
+            lds_path,
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
@@ -795,6 +777,51 @@ impl Sidecar {
 
     pub async fn send(&self, request: &Request) -> io::Result<Response> {
         http::send(self.declared, request).await
+    }
+
+    /// Whether Envoy is initialized and serving (admin `/ready`: LIVE).
+    pub async fn ready(&self) -> bool {
+        http::send(self.admin, &Request::get("/ready"))
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    }
+
+    /// The active (not warming) `virtualInbound` as Envoy runs it, as JSON text.
+    pub async fn active_listener(&self) -> io::Result<String> {
+        let dump = http::send(
+            self.admin,
+            &Request::get("/config_dump?resource=dynamic_listeners"),
+        )
+        .await?
+        .json();
+        Ok(dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            // With `resource=`, each config is one DynamicListener.
+            .map(|l| l["active_state"]["listener"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Pushes a new version of `virtualInbound`, built from `mesh` as at start, by LDS.
+    pub fn push_listener(&mut self, mesh: &Mesh, options: &SidecarOptions) -> io::Result<()> {
+        let path = self
+            .lds_path
+            .clone()
+            .ok_or_else(|| io::Error::other("started without dynamic_listeners"))?;
+        let mut removed = Vec::new();
+        let listener = runnable_listener(
+            mesh,
+            self.declared.port(),
+            self.undeclared.port(),
+            options,
+            &self.ecds_paths,
+            &mut removed,
+        );
+        self.version += 1;
+        write_lds(&path, &listener, self.version)
     }
 
     /// Pushes a new version of an extension config (`TypedExtensionConfig`, as an
@@ -945,12 +972,89 @@ impl Drop for Sidecar {
     }
 }
 
+fn write_lds(path: &Path, listener: &Value, version: u64) -> io::Result<()> {
+    let mut resource = listener.clone();
+    resource["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&json!({
+            "version_info": version.to_string(),
+            "resources": [resource],
+        }))?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The patched `virtualInbound` as upstream Envoy can run it on loopback (see the module docs).
+fn runnable_listener(
+    mesh: &Mesh,
+    declared_port: u16,
+    undeclared_port: u16,
+    options: &SidecarOptions,
+    ecds_paths: &[(String, PathBuf)],
+    removed: &mut Vec<String>,
+) -> Value {
+    let mut listener = mesh.listener.clone();
+    if let Some(map) = listener.as_object_mut() {
+        map.remove("@type"); // a config dump's, not a bootstrap's
+    }
+    // The chains of the function's port (8080 after rewrite_port) get the test's port.
+    rewrite_port(&mut listener, FUNCTION_PORT, declared_port, false);
+    listener["address"] =
+        json!({ "socket_address": { "address": "127.0.0.1", "port_value": declared_port } });
+    listener["additional_addresses"] = json!([{ "address": { "socket_address": {
+            "address": "127.0.0.1", "port_value": undeclared_port } } }]);
+    for chain in listener["filter_chains"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(filters) = chain["filters"].as_array_mut() {
+            filters.retain(|f| {
+                let name = f["name"].as_str().unwrap_or_default();
+                let istio_only = ISTIO_ONLY_FILTERS.contains(&name);
+                if istio_only {
+                    removed.push(format!("network {name}"));
+                }
+                !istio_only
+            });
+            for f in filters.iter_mut().filter(|f| f["name"] == HCM) {
+                let hcm = &mut f["typed_config"];
+                if let Some(http_filters) = hcm["http_filters"].as_array_mut() {
+                    http_filters.retain(|h| {
+                        let name = h["name"].as_str().unwrap_or_default();
+                        let istio_only = ISTIO_ONLY_FILTERS.contains(&name);
+                        if istio_only {
+                            removed.push(format!("http {name}"));
+                        }
+                        !istio_only
+                    });
+                    for h in http_filters.iter_mut() {
+                        adapt_http_filter(h, ecds_paths, &options.module);
+                    }
+                }
+            }
+        }
+        if chain.get("transport_socket").is_some() {
+            static_certificates(&mut chain["transport_socket"], &options.tls);
+        }
+    }
+    removed.sort();
+    removed.dedup();
+    listener
+}
+
 /// The AuthorizationPolicy the test puts in place of the dump's (whose principals need Istio's
 /// authn state): deny `/function/env/private`, allow everything else.
 pub const TEST_DENIED_PREFIX: &str = "/function/env/private";
 
-fn adapt_http_filter(filter: &mut Value, ecds_paths: &[(String, PathBuf)]) {
+fn adapt_http_filter(filter: &mut Value, ecds_paths: &[(String, PathBuf)], module: &Path) {
     let name = filter["name"].as_str().unwrap_or_default().to_string();
+    // An inline Wasm filter with a local module: the file the sidecar would have.
+    if let Some(local) = filter.pointer_mut("/typed_config/config/vm_config/code/local") {
+        *local = json!({ "filename": module.display().to_string() });
+    }
     if filter.get("config_discovery").is_some() {
         // ADS becomes the file the test wrote for that resource.
         let source = &mut filter["config_discovery"]["config_source"];

@@ -257,6 +257,7 @@ async fn sidecar(
         ],
         tls: pki.server(),
         concurrency: 2,
+        dynamic_listeners: false,
     };
     let sidecar = Sidecar::start(mesh, &data(), &options)
         .await
@@ -497,17 +498,21 @@ fn remote_envoyfilter() -> (Value, String) {
                 .into_iter()
                 .flatten()
             {
-                let remote = &patch["patch"]["value"]["typed_config"]["config"]["vm_config"]
-                    ["code"]["remote"];
-                if let Some(cluster) = remote["http_uri"]["cluster"].as_str() {
-                    assert_eq!(
-                        remote["sha256"].as_str(),
-                        Some(faas_mesh_tools::sha256_hex(&wasm).as_str()),
-                        "{}: the pinned sha256 is not the module's",
-                        file.name
-                    );
-                    return (doc.clone(), cluster.to_string());
-                }
+                let Some(remote) =
+                    patch.pointer("/patch/value/typed_config/config/vm_config/code/remote")
+                else {
+                    continue;
+                };
+                let cluster = remote["http_uri"]["cluster"]
+                    .as_str()
+                    .expect("http_uri.cluster");
+                assert_eq!(
+                    remote["sha256"].as_str(),
+                    Some(faas_mesh_tools::sha256_hex(&wasm).as_str()),
+                    "{}: the pinned sha256 is not the module's",
+                    file.name
+                );
+                return (doc.clone(), cluster.to_string());
             }
         }
     }
@@ -517,18 +522,67 @@ fn remote_envoyfilter() -> (Value, String) {
     );
 }
 
-/// The remote EnvoyFilter route on the real listener, its module server at `server`.
-async fn remote_route(server: std::net::SocketAddr) -> (StandInFunction, Sidecar) {
-    let data = data();
-    let mut mesh = Mesh::new(function_listener(&data));
-    let (doc, cluster) = remote_envoyfilter();
-    mesh.apply_envoyfilter(&doc)
+/// The remote EnvoyFilter with its module pinned to `sha256`.
+fn with_sha256(doc: &Value, sha256: &str) -> Value {
+    let mut doc = doc.clone();
+    for patch in doc["spec"]["configPatches"].as_array_mut().unwrap() {
+        if let Some(sha) =
+            patch.pointer_mut("/patch/value/typed_config/config/vm_config/code/remote/sha256")
+        {
+            *sha = Value::from(sha256);
+        }
+    }
+    doc
+}
+
+/// A function behind a sidecar running the remote EnvoyFilter `doc` on the real listener, its
+/// module server at `server`; `dynamic`: the listener comes by LDS, so a test can push another.
+async fn remote_sidecar(
+    doc: &Value,
+    cluster: &str,
+    server: std::net::SocketAddr,
+    dynamic: bool,
+) -> (StandInFunction, Sidecar, SidecarOptions, Pki) {
+    let mut mesh = Mesh::new(function_listener(&data()));
+    mesh.apply_envoyfilter(doc)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (function, mut sidecar, _pki) = sidecar(&mesh, Some((cluster, server))).await;
-    // ECDS accepts the configuration before the fetch: its update_success says nothing of
-    // the module.
-    assert!(sidecar.ecds_outcome(FILTER).await.expect("ECDS outcome"));
-    (function, sidecar)
+    let pki = Pki::new().expect("pki");
+    let function = StandInFunction::start().await.expect("function");
+    let options = SidecarOptions {
+        function_port: function.port(),
+        module: filter_wasm().expect("module"),
+        module_server: Some((cluster.to_string(), server)),
+        labels: vec![("faas_function".into(), "env".into())],
+        namespace: "openfaas-fn".into(),
+        stats_inclusion_prefixes: vec!["extension_config_discovery".into()],
+        tls: pki.server(),
+        concurrency: 2,
+        dynamic_listeners: dynamic,
+    };
+    let sidecar = Sidecar::start(&mesh, &data(), &options)
+        .await
+        .expect("Envoy with Istio's bootstrap and listener");
+    // The certificates must outlive the Envoy (a pushed listener reads them again).
+    (function, sidecar, options, pki)
+}
+
+async fn remote_route(server: std::net::SocketAddr) -> (StandInFunction, Sidecar, Pki) {
+    let (doc, cluster) = remote_envoyfilter();
+    let (function, sidecar, _, pki) = remote_sidecar(&doc, &cluster, server, false).await;
+    (function, sidecar, pki)
+}
+
+/// Waits until Envoy is initialized (it is not while it fetches the module at startup).
+async fn live(sidecar: &Sidecar) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !sidecar.ready().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            sidecar.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A sidecar whose module cannot be had: while Envoy retries the fetch it is not initialized
@@ -623,7 +677,8 @@ async fn the_remote_route_loads_the_module_pinned_by_digest_from_the_module_serv
     assert_eq!(endpoint["port_value"], service["spec"]["ports"][0]["port"]);
 
     let server = ModuleServer::start(wasm).await;
-    let (function, sidecar) = remote_route(server.addr).await;
+    let (function, sidecar, _pki) = remote_route(server.addr).await;
+    live(&sidecar).await;
     assert!(server.fetches() >= 1);
     assert!(sidecar.stat("wasm.remote_load_fetch_successes").await >= 1);
     assert_eq!(sidecar.stat("wasm.remote_load_fetch_failures").await, 0);
@@ -640,7 +695,7 @@ async fn a_module_server_serving_other_bytes_fails_closed_visibly() {
     let mut other = std::fs::read(filter_wasm().unwrap()).unwrap();
     other.truncate(other.len() / 2);
     let server = ModuleServer::start(other).await;
-    let (function, sidecar) = remote_route(server.addr).await;
+    let (function, sidecar, _pki) = remote_route(server.addr).await;
     fails_closed(&sidecar, &function).await;
     assert!(server.fetches() >= 2, "Envoy did not retry");
 }
@@ -650,27 +705,49 @@ async fn an_unreachable_module_server_fails_closed_visibly() {
     // A loopback port nothing listens on.
     let nobody =
         std::net::SocketAddr::from(([127, 0, 0, 1], faas_mesh_integration::free_port().unwrap()));
-    let (function, sidecar) = remote_route(nobody).await;
+    let (function, sidecar, _pki) = remote_route(nobody).await;
     fails_closed(&sidecar, &function).await;
 }
 
-/// A known hazard of Envoy's remote code source, pinned so that a fixed Envoy shows up here:
-/// a running sidecar that is pushed a module it has not fetched yet (a new sha256: an upgrade,
-/// or the first apply to pods already running) creates the plugin before the fetch ends, with
-/// no plugin handle, and Envoy then leaves the filter out of the chain whatever the failure
-/// policy (source/extensions/common/wasm/wasm.cc, PluginConfig::createContext returns nullptr;
-/// the HTTP filter factory adds no filter); with a handle but no VM, an empty context answers
-/// 503. Which of the two a request meets depends on timing (both were seen); the module never
-/// serves, and later pushes do not help: the fetch stays "in progress" until Envoy restarts.
-/// docs/istio.md therefore has operators restart the function pods right after applying the
-/// remote EnvoyFilter or a new module digest (a starting sidecar waits for the fetch and fails
-/// closed without it: tested above).
+/// The same EnvoyFilter with the Wasm filter delivered by ECDS (as envoyfilter.yaml does it).
+fn by_ecds(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    let patches = doc["spec"]["configPatches"].as_array_mut().unwrap();
+    let filter = patches
+        .iter_mut()
+        .find(|p| p["applyTo"] == "HTTP_FILTER")
+        .unwrap();
+    let value = filter["patch"]["value"].clone();
+    filter["patch"]["value"] = serde_json::json!({
+        "name": value["name"],
+        "config_discovery": {
+            "config_source": { "ads": {}, "initial_fetch_timeout": "0s" },
+            "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+        }
+    });
+    patches.push(serde_json::json!({
+        "applyTo": "EXTENSION_CONFIG",
+        "patch": { "operation": "ADD", "value": value },
+    }));
+    doc
+}
+
+/// Why the remote EnvoyFilter carries the filter inline and not by ECDS, pinned so that a fixed
+/// Envoy shows up here: by ECDS, a running sidecar that is pushed a module it has not fetched
+/// yet (a new sha256) creates the plugin before the fetch ends and never loads the module:
+/// requests meet an empty fail-closed context (503) or, with no plugin handle, no filter at all
+/// (source/extensions/common/wasm/wasm.cc, PluginConfig::createContext returns nullptr whatever
+/// the failure policy, and the HTTP filter factory then adds no filter); both were seen,
+/// depending on timing. Later pushes do not help: the fetch stays "in progress" for that Envoy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_module_pushed_to_a_running_sidecar_never_serves_until_it_restarts() {
+async fn by_ecds_a_new_module_pushed_to_a_running_sidecar_never_serves() {
     let wasm = std::fs::read(filter_wasm().unwrap()).unwrap();
     let server = ModuleServer::start(wasm).await;
-    let (doc, _) = remote_envoyfilter();
-    let (function, mut sidecar) = remote_route(server.addr).await;
+    let (inline, cluster) = remote_envoyfilter();
+    let doc = by_ecds(&inline);
+    let (function, mut sidecar, _, _pki) = remote_sidecar(&doc, &cluster, server.addr, false).await;
+    assert!(sidecar.ecds_outcome(FILTER).await.expect("ECDS outcome"));
+    live(&sidecar).await;
     let response = sidecar.get("/function/env/a").await;
     assert_eq!(response.status, 200);
     assert!(call_id(&response).is_some());
@@ -735,4 +812,117 @@ async fn a_new_module_pushed_to_a_running_sidecar_never_serves_until_it_restarts
         "{}",
         sidecar.log_tail(30)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_module_reaches_a_running_sidecar_in_place() {
+    let wasm = std::fs::read(filter_wasm().unwrap()).unwrap();
+    let server = ModuleServer::start(wasm).await;
+    let (doc, cluster) = remote_envoyfilter();
+    let (function, mut sidecar, options, _pki) =
+        remote_sidecar(&doc, &cluster, server.addr, true).await;
+    live(&sidecar).await;
+    // A new release (the test-trap build: the same filter, another module): the server serves
+    // it, the EnvoyFilter pins its sha256, istiod pushes the listener.
+    let new = std::fs::read(faas_mesh_integration::envoy::trap_wasm().unwrap()).unwrap();
+    let sha = faas_mesh_tools::sha256_hex(&new);
+    server.serve(new);
+    let mut mesh = Mesh::new(function_listener(&data()));
+    mesh.apply_envoyfilter(&with_sha256(&doc, &sha)).unwrap();
+    sidecar.push_listener(&mesh, &options).unwrap();
+    // Every request meets a filter, the old module's until the new one is fetched: none is
+    // refused, none reaches the function unfiltered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let target = format!("/function/env/u{i}");
+        let response = sidecar.get(&target).await;
+        assert_eq!(response.status, 200, "{target}");
+        assert!(call_id(&response).is_some(), "{target}: no filter");
+        assert_eq!(
+            function.received().last().unwrap()["path"],
+            format!("/u{i}").as_str()
+        );
+        let active = sidecar.active_listener().await.unwrap();
+        if active.contains(&sha)
+            && sidecar
+                .stat("listener_manager.total_listeners_warming")
+                .await
+                == 0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new listener never became active"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(sidecar.stat("wasm.remote_load_fetch_successes").await >= 2);
+    assert_eq!(sidecar.stat("wasm.remote_load_fetch_failures").await, 0);
+    let response = sidecar.get("/function/env/new").await;
+    assert_eq!(response.status, 200);
+    assert!(call_id(&response).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upgrade_keeps_the_running_module_while_envoy_retries_then_fails_closed() {
+    let wasm = std::fs::read(filter_wasm().unwrap()).unwrap();
+    let server = ModuleServer::start(wasm.clone()).await;
+    let (doc, cluster) = remote_envoyfilter();
+    let (function, mut sidecar, options, _pki) =
+        remote_sidecar(&doc, &cluster, server.addr, true).await;
+    live(&sidecar).await;
+    // The EnvoyFilter pins a digest the server does not serve (a release applied before its
+    // module server, or a wrong server).
+    let mut mesh = Mesh::new(function_listener(&data()));
+    mesh.apply_envoyfilter(&with_sha256(
+        &doc,
+        &faas_mesh_tools::sha256_hex(b"another module"),
+    ))
+    .unwrap();
+    sidecar.push_listener(&mesh, &options).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut i = 0;
+    while sidecar.stat("wasm.remote_load_fetch_failures").await == 0
+        || sidecar
+            .stat("listener_manager.total_listeners_warming")
+            .await
+            != 0
+    {
+        // While the new listener warms, the running one serves with the module it has.
+        i += 1;
+        let target = format!("/function/env/w{i}");
+        let response = sidecar.get(&target).await;
+        match response.status {
+            200 => {
+                assert!(call_id(&response).is_some(), "{target}: no filter");
+                assert_eq!(
+                    function.received().last().unwrap()["path"],
+                    format!("/w{i}").as_str()
+                );
+            }
+            // The new listener became active between the two stats reads.
+            503 => assert_eq!(call_id(&response), None),
+            other => panic!("{target}: {other}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            sidecar.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let calls = function.calls();
+    for target in ["/function/env/a", "/", "/function/other/"] {
+        let response = sidecar.get(target).await;
+        assert_eq!(response.status, 503, "{target}");
+        assert_eq!(call_id(&response), None);
+    }
+    assert_eq!(function.calls(), calls, "a request reached the function");
+    let log = sidecar
+        .log_when(|l| l.contains("Retry limit exceeded for fetching data from remote data source."))
+        .await;
+    assert!(log.contains("Plugin configured to fail closed failed to load"));
 }

@@ -10,6 +10,7 @@ use faas_mesh_filter::config::Config;
 use serde_json::Value;
 
 const ENVOYFILTER: &str = include_str!("../templates/envoyfilter.yaml");
+const ENVOYFILTER_REMOTE: &str = include_str!("../templates/envoyfilter-remote.yaml");
 const WASMPLUGIN: &str = include_str!("../templates/wasmplugin.yaml");
 const CONFIGMAP: &str = include_str!("../templates/wasm-configmap.yaml");
 const MODULE_SERVER: &str = include_str!("../templates/module-server.yaml");
@@ -30,77 +31,24 @@ pub const MODULE_CLUSTER: &str = "faas_mesh_filter_module";
 pub enum ModuleSource<'a> {
     /// A file in the sidecar: the ConfigMap mounted by per-function annotations (stack.yml).
     ConfigMapMount,
-    /// Fetched by every sidecar from the module server, loaded only with this sha256 (hex).
+    /// Fetched by every sidecar from the module server, loaded only with this sha256 (hex); the
+    /// filter's configuration inline in the listener, so Envoy fetches while the listener warms.
     Remote { sha256: &'a str },
 }
 
 /// The EnvoyFilter with the plugin configuration `pretty` (JSON) and the module from `source`.
 pub fn envoyfilter(pretty: &str, source: ModuleSource) -> String {
-    let (note, code, cluster) = match source {
-        ModuleSource::ConfigMapMount => (
-            "# The module must exist inside the istio-proxy container at the filename below: the ConfigMap in\n\
-             # wasm-configmap.yaml, mounted by the annotations in stack.yml (README, \"Getting the module into the\n\
-             # sidecar\"). envoyfilter-remote.yaml needs no per-function edit (docs/istio.md).\n"
-                .to_string(),
-            "                code:\n\
-             \x20                 local:\n\
-             \x20                   filename: /var/local/lib/wasm/faas_mesh_filter.wasm\n"
-                .to_string(),
-            String::new(),
-        ),
-        ModuleSource::Remote { sha256 } => (
-            "# This is envoyfilter-remote.yaml: apply it in place of envoyfilter.yaml (same object name),\n\
-             # after module-server.yaml. A fourth patch, a second CLUSTER, reaches the module server;\n\
-             # every sidecar fetches the module from it and loads it only if its sha256 is the one\n\
-             # pinned below: no function is annotated. A sidecar starting without the right module\n\
-             # fails closed. But a sidecar already running when this file (or a new digest) arrives\n\
-             # leaves the filter out until it restarts (Envoy's remote fetch outside startup): restart\n\
-             # the function pods right after applying (docs/istio.md, \"Delivering the module\").\n"
-                .to_string(),
-            format!(
-                "                code:\n\
-                 \x20                 remote:\n\
-                 \x20                   http_uri:\n\
-                 \x20                     uri: http://{MODULE_SERVER_HOST}:{MODULE_SERVER_PORT}/faas_mesh_filter.wasm\n\
-                 \x20                     cluster: {MODULE_CLUSTER}\n\
-                 \x20                     timeout: 10s\n\
-                 \x20                   sha256: {sha256}\n\
-                 \x20                   # A sidecar starting while the server is away waits (it is not ready,\n\
-                 \x20                   # serves nothing) for up to about 35 s, then fails closed.\n\
-                 \x20                   retry_policy:\n\
-                 \x20                     num_retries: 6\n\
-                 \x20                     retry_back_off:\n\
-                 \x20                       base_interval: 1s\n\
-                 \x20                       max_interval: 10s\n"
-            ),
-            format!(
-                "    - applyTo: CLUSTER\n\
-                 \x20     match:\n\
-                 \x20       context: SIDECAR_INBOUND\n\
-                 \x20     patch:\n\
-                 \x20       operation: ADD\n\
-                 \x20       value:\n\
-                 \x20         name: {MODULE_CLUSTER}\n\
-                 \x20         type: STRICT_DNS\n\
-                 \x20         dns_lookup_family: V4_ONLY\n\
-                 \x20         connect_timeout: 2s\n\
-                 \x20         load_assignment:\n\
-                 \x20           cluster_name: {MODULE_CLUSTER}\n\
-                 \x20           endpoints:\n\
-                 \x20             - lb_endpoints:\n\
-                 \x20                 - endpoint:\n\
-                 \x20                     address:\n\
-                 \x20                       socket_address:\n\
-                 \x20                         address: {MODULE_SERVER_HOST}\n\
-                 \x20                         port_value: {MODULE_SERVER_PORT}\n"
-            ),
-        ),
-    };
-    ENVOYFILTER
-        .replace("{{MODULE_NOTE}}", &note)
-        .replace("{{CODE}}", &code)
-        .replace("{{MODULE_CLUSTER}}", &cluster)
-        .replace("{{CONFIGURATION}}", &indent(pretty, 18))
+    match source {
+        ModuleSource::ConfigMapMount => {
+            ENVOYFILTER.replace("{{CONFIGURATION}}", &indent(pretty, 18))
+        }
+        ModuleSource::Remote { sha256 } => ENVOYFILTER_REMOTE
+            .replace("{{WASM_SHA256}}", sha256)
+            .replace("{{MODULE_CLUSTER}}", MODULE_CLUSTER)
+            .replace("{{MODULE_SERVER_HOST}}", MODULE_SERVER_HOST)
+            .replace("{{MODULE_SERVER_PORT}}", &MODULE_SERVER_PORT.to_string())
+            .replace("{{CONFIGURATION}}", &indent(pretty, 18)),
+    }
 }
 
 /// Kubernetes refuses objects over 1 MiB; keep room for metadata.
@@ -294,6 +242,8 @@ mod tests {
         assert!(remote.contains(&format!("name: {MODULE_CLUSTER}")));
         assert!(remote.contains(&format!("address: {MODULE_SERVER_HOST}")));
         assert!(!remote.contains("filename:"));
+        assert!(!remote.contains("config_discovery"));
+        assert!(!remote.contains("{{"));
         let server = get("module-server.yaml");
         assert!(server.contains(&base64(&wasm)));
         assert!(server.contains(&format!("image: {MODULE_SERVER_IMAGE}")));
