@@ -926,3 +926,45 @@ async fn a_broken_upgrade_keeps_the_running_module_while_envoy_retries_then_fail
         .await;
     assert!(log.contains("Plugin configured to fail closed failed to load"));
 }
+
+/// The price of the filter inline in the listener: a plugin configuration the filter refuses
+/// makes Envoy reject the whole inbound listener update (istiod sees a NACK); the last good
+/// listener, with its configuration, keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_the_filter_refuses_keeps_the_last_good_listener_on_the_remote_route() {
+    let wasm = std::fs::read(filter_wasm().unwrap()).unwrap();
+    let server = ModuleServer::start(wasm).await;
+    let (doc, cluster) = remote_envoyfilter();
+    let (function, mut sidecar, options, _pki) =
+        remote_sidecar(&doc, &cluster, server.addr, true).await;
+    live(&sidecar).await;
+    let mut bad = doc.clone();
+    for patch in bad["spec"]["configPatches"].as_array_mut().unwrap() {
+        if let Some(v) = patch.pointer_mut("/patch/value/typed_config/config/configuration/value") {
+            *v = Value::from(r#"{"policy": {"functions": {"env": {"max_inflight": -1}}}}"#);
+        }
+    }
+    let mut mesh = Mesh::new(function_listener(&data()));
+    mesh.apply_envoyfilter(&bad).unwrap();
+    sidecar.push_listener(&mesh, &options).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sidecar.stat("listener_manager.lds.update_rejected").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            sidecar.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let response = sidecar.get("/function/env/still").await;
+    assert_eq!(response.status, 200);
+    assert!(call_id(&response).is_some());
+    assert_eq!(function.received().last().unwrap()["path"], "/still");
+    for line in [
+        "invalid configuration: policy.functions.env.max_inflight: expected a positive integer, got -1",
+        "lds: listener 'virtualInbound' config rejected: Unable to create Wasm plugin faas-mesh-filter",
+    ] {
+        let log = sidecar.log_when(|l| l.contains(line)).await;
+        assert!(log.contains(line), "no {line:?} in\n{}", sidecar.log_tail(30));
+    }
+}
