@@ -85,7 +85,8 @@ impl IstioData {
         let lock = std::fs::read_to_string(root.join("tools/istio-data.lock"))
             .map_err(|e| format!("tools/istio-data.lock: {e}"))?;
         let (dir, origin) = match std::env::var_os("ISTIO_DATA").filter(|d| !d.is_empty()) {
-            Some(dir) => (PathBuf::from(dir), "ISTIO_DATA"),
+            // Relative to the repository root, as `make istio-data` reads it.
+            Some(dir) => (root.join(PathBuf::from(dir)), "ISTIO_DATA"),
             None => (root.join(".cache/istio"), "`make istio-data`"),
         };
         let how = "run `make istio-data` (fetches them from github.com/istio/istio by the \
