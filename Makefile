@@ -59,7 +59,7 @@ export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
 export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
 .PHONY: openfaas openfaas-sources go cold-start
-.PHONY: help setup build size test unit integration soak lint check run demo clean manifests render oci validate
+.PHONY: help setup build size test unit integration istio-data soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
 # Release: one folder an operator applies as it is (tools/release.sh lists what is in it).
@@ -147,8 +147,14 @@ wasm-target:
 unit: wasm-target ## unit tests: the filter's pure modules, the docs and the tools (native, no Envoy)
 	cargo test -p faas-mesh-filter -p faas-mesh-tools
 
-integration: setup openfaas build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
+integration: setup openfaas istio-data build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
+
+# Real Istio data for the conformance tests (integration/tests/istio.rs), third-party, never
+# committed: into .cache/istio/ (ignored) from the offline mirror ISTIO_DATA=<dir>, or from
+# github.com/istio/istio by the commits pinned in tools/istio-data.lock, each checked by sha256.
+istio-data: ## the real Istio listener dump, bootstrap and ECDS dump into .cache/istio/ (ISTIO_DATA=<dir>: from that mirror)
+	ISTIO_DATA="$(ISTIO_DATA)" tools/istio-data.sh
 
 COLD_START_ROUNDS ?= 10
 cold-start: setup openfaas build ## cold-start release latency with the real of-watchdog, 2 workers (COLD_START_ROUNDS=10); writes bench/results/cold-start.json
@@ -159,7 +165,7 @@ cold-start: setup openfaas build ## cold-start release latency with the real of-
 soak: setup build ## mixed traffic for SOAK_SECONDS (default 180) at two Envoy workers
 	ENVOY_BIN="$(ENVOY_BIN)" SOAK_SECONDS=$${SOAK_SECONDS:-180} cargo test --release -p faas-mesh-integration --test soak -- --nocapture
 
-test: openfaas-sources unit integration ## the tests: unit, then integration against a real Envoy (with the release bundle)
+test: openfaas-sources istio-data unit integration ## the tests: unit, then integration against a real Envoy (with the release bundle)
 
 lint: wasm-target ## formatting and clippy (native and wasm32), and no path outside the repository; needs only Rust
 	@# A public clone has nothing beside it: no tracked file but .ci/run (CI's offline mirrors) may

@@ -87,7 +87,12 @@ impl Policy {
             .methods
             .as_ref()
             // Joined as &strs, the one instantiation of `join` the configuration's messages use.
-            .map(|list| list.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
+            .map(|list| {
+                list.iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default();
         let principals = rules.principals.as_ref().map(|list| {
             list.iter()

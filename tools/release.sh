@@ -5,9 +5,11 @@
 #     faas_mesh_filter.wasm                    the module
 #     oci/                                     its OCI image layout (what `skopeo copy oci:...` pushes)
 #     faas-mesh-filter-<version>-oci.tar.gz    the same layout as one archive
-#     manifests/                               envoyfilter.yaml + wasm-configmap.yaml, wasmplugin.yaml
-#                                              (pinned by digest), observability.yaml, stack.yml,
-#                                              and config.json, the configuration they carry
+#     manifests/                               envoyfilter.yaml + wasm-configmap.yaml (module mounted
+#                                              per function), envoyfilter-remote.yaml + module-server.yaml
+#                                              (module fetched by sha256, no per-function edit),
+#                                              wasmplugin.yaml (pinned by digest), observability.yaml,
+#                                              stack.yml, and config.json, the configuration they carry
 #     bin/faas-mesh-check-linux-amd64          the static configuration checker (musl, static)
 #     bin/faas-mesh-check-linux-arm64
 #     BUILD-INFO                               what it was built from, and with

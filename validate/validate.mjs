@@ -9,11 +9,15 @@ import { parseAllDocuments } from "yaml";
 import { EnvoyFilter } from "@kubernetes-models/istio/networking.istio.io/v1alpha3/EnvoyFilter";
 import { WasmPlugin } from "@kubernetes-models/istio/extensions.istio.io/v1alpha1/WasmPlugin";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
+import { Service } from "kubernetes-models/v1/Service";
+import { Deployment } from "kubernetes-models/apps/v1/Deployment";
 
 const kinds = {
   "networking.istio.io/v1alpha3 EnvoyFilter": EnvoyFilter,
   "extensions.istio.io/v1alpha1 WasmPlugin": WasmPlugin,
   "v1 ConfigMap": ConfigMap,
+  "v1 Service": Service,
+  "apps/v1 Deployment": Deployment,
 };
 
 let failures = 0;

@@ -12,6 +12,7 @@
 
 pub mod envoy;
 pub mod http;
+pub mod istio;
 pub mod manifest;
 pub mod openfaas;
 pub mod stand_in;

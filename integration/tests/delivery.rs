@@ -160,6 +160,8 @@ fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
         "manifests/envoyfilter.yaml",
         "manifests/wasm-configmap.yaml",
         "manifests/wasmplugin.yaml",
+        "manifests/envoyfilter-remote.yaml",
+        "manifests/module-server.yaml",
         "manifests/config.json",
         "bin/faas-mesh-check-linux-amd64",
         "bin/faas-mesh-check-linux-arm64",

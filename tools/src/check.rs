@@ -6,7 +6,8 @@
 //! the effective rules shown for a function are the ones its sidecar enforces.
 //!
 //! The configuration comes from a JSON file (the operator's configuration file) or from a
-//! rendered manifest (`envoyfilter.yaml`: the EXTENSION_CONFIG patch's `configuration.value`;
+//! rendered manifest (`envoyfilter.yaml`: the EXTENSION_CONFIG patch's `configuration.value`, or
+//! `envoyfilter-remote.yaml`: the HTTP_FILTER patch's;
 //! `wasmplugin.yaml`: `spec.pluginConfig`, which Istio hands to the filter as JSON).
 
 use faas_mesh_filter::config::{Config, PolicyMode, PolicyRules};
@@ -33,16 +34,21 @@ pub fn configuration_of(file_name: &str, text: &str) -> Result<String, String> {
             Some("EnvoyFilter") => {
                 let patches = value["spec"]["configPatches"].as_array();
                 for patch in patches.into_iter().flatten() {
-                    if patch["applyTo"] == "EXTENSION_CONFIG" {
-                        let configuration =
-                            &patch["patch"]["value"]["typed_config"]["config"]["configuration"];
+                    // envoyfilter.yaml: the Wasm filter by ECDS (EXTENSION_CONFIG);
+                    // envoyfilter-remote.yaml: inline in the HTTP_FILTER patch.
+                    let wasm = &patch["patch"]["value"]["typed_config"];
+                    let inline = patch["applyTo"] == "HTTP_FILTER"
+                        && wasm["@type"]
+                            == "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+                    if patch["applyTo"] == "EXTENSION_CONFIG" || inline {
+                        let configuration = &wasm["config"]["configuration"];
                         return match &configuration["value"] {
                             Value::String(s) => Ok(s.clone()),
                             // No configuration at all: Envoy hands over no bytes (all defaults).
                             Value::Null => Ok(String::new()),
                             other => Err(format!(
-                                "the EXTENSION_CONFIG patch's configuration.value is not a \
-                                 string: {other}"
+                                "the {} patch's configuration.value is not a string: {other}",
+                                patch["applyTo"].as_str().unwrap_or_default()
                             )),
                         };
                     }
@@ -58,8 +64,8 @@ pub fn configuration_of(file_name: &str, text: &str) -> Result<String, String> {
         }
     }
     Err(
-        "no plugin configuration found (expected an EnvoyFilter with an EXTENSION_CONFIG patch, \
-         or a WasmPlugin)"
+        "no plugin configuration found (expected an EnvoyFilter with the Wasm filter in an \
+         EXTENSION_CONFIG or HTTP_FILTER patch, or a WasmPlugin)"
             .to_string(),
     )
 }
@@ -280,7 +286,11 @@ mod tests {
             },
         )
         .unwrap();
-        for name in ["envoyfilter.yaml", "wasmplugin.yaml"] {
+        for name in [
+            "envoyfilter.yaml",
+            "envoyfilter-remote.yaml",
+            "wasmplugin.yaml",
+        ] {
             let file = files.iter().find(|f| f.name == name).unwrap();
             let found = configuration_of(name, &file.contents).unwrap();
             let (config, plan) = compile(&found, Some("env"), None, &[]).unwrap();

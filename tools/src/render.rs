@@ -10,10 +10,47 @@ use faas_mesh_filter::config::Config;
 use serde_json::Value;
 
 const ENVOYFILTER: &str = include_str!("../templates/envoyfilter.yaml");
+const ENVOYFILTER_REMOTE: &str = include_str!("../templates/envoyfilter-remote.yaml");
 const WASMPLUGIN: &str = include_str!("../templates/wasmplugin.yaml");
 const CONFIGMAP: &str = include_str!("../templates/wasm-configmap.yaml");
+const MODULE_SERVER: &str = include_str!("../templates/module-server.yaml");
 const STACK: &str = include_str!("../templates/stack.yml");
 const OBSERVABILITY: &str = include_str!("../../envoyfilter/observability.yaml");
+
+/// The module server's image (module-server.yaml): BusyBox's httpd. Whatever it serves, a
+/// sidecar loads only the module whose sha256 the EnvoyFilter pins.
+pub const MODULE_SERVER_IMAGE: &str = "docker.io/library/busybox:1.37.0";
+/// Where sidecars fetch the module from on the remote route (the Service in module-server.yaml).
+pub const MODULE_SERVER_HOST: &str = "faas-mesh-filter-module.openfaas.svc.cluster.local";
+pub const MODULE_SERVER_PORT: u16 = 8080;
+/// The cluster the remote EnvoyFilter adds for the fetch.
+pub const MODULE_CLUSTER: &str = "faas_mesh_filter_module";
+
+/// Where the EnvoyFilter route's sidecars get the module from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleSource<'a> {
+    /// A file in the sidecar: the ConfigMap mounted by per-function annotations (stack.yml).
+    ConfigMapMount,
+    /// Fetched by every sidecar from the module server, loaded only with this sha256 (hex); the
+    /// filter's configuration inline in the listener, so Envoy fetches while the listener warms.
+    Remote { sha256: &'a str },
+}
+
+/// The EnvoyFilter with the plugin configuration `pretty` (JSON), the connection manager's
+/// `request_timeout` (see [`request_timeout`]) and the module from `source`.
+pub fn envoyfilter(pretty: &str, request_timeout: &str, source: ModuleSource) -> String {
+    let template = match source {
+        ModuleSource::ConfigMapMount => ENVOYFILTER.to_string(),
+        ModuleSource::Remote { sha256 } => ENVOYFILTER_REMOTE
+            .replace("{{WASM_SHA256}}", sha256)
+            .replace("{{MODULE_CLUSTER}}", MODULE_CLUSTER)
+            .replace("{{MODULE_SERVER_HOST}}", MODULE_SERVER_HOST)
+            .replace("{{MODULE_SERVER_PORT}}", &MODULE_SERVER_PORT.to_string()),
+    };
+    template
+        .replace("{{REQUEST_TIMEOUT}}", request_timeout)
+        .replace("{{CONFIGURATION}}", &indent(pretty, 18))
+}
 
 /// Kubernetes refuses objects over 1 MiB; keep room for metadata.
 pub const CONFIGMAP_LIMIT: usize = 1024 * 1024 - 4096;
@@ -40,9 +77,11 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     Ok(vec![
         File {
             name: "envoyfilter.yaml",
-            contents: ENVOYFILTER
-                .replace("{{CONFIGURATION}}", &indent(&pretty, 18))
-                .replace("{{REQUEST_TIMEOUT}}", &request_timeout(config_json)?),
+            contents: envoyfilter(
+                &pretty,
+                &request_timeout(config_json)?,
+                ModuleSource::ConfigMapMount,
+            ),
         },
         File {
             name: "observability.yaml",
@@ -55,8 +94,9 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
     ])
 }
 
-/// Every file: the static ones, the ConfigMap carrying the module, and the WasmPlugin pinned
-/// to the module's image digest.
+/// Every file: the static ones, the ConfigMap carrying the module, the WasmPlugin pinned to the
+/// module's image digest, and the EnvoyFilter that fetches the module by its sha256 from the
+/// module server (`envoyfilter-remote.yaml`, `module-server.yaml`).
 pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, String> {
     let mut files = render_static(config_json)?;
     let config = checked(config_json)?;
@@ -78,6 +118,26 @@ pub fn render_all(config_json: &str, module: &Module) -> Result<Vec<File>, Strin
     files.push(File {
         name: "wasm-configmap.yaml",
         contents: configmap,
+    });
+    let module_sha256 = sha256_hex(module.wasm);
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    files.push(File {
+        name: "envoyfilter-remote.yaml",
+        contents: envoyfilter(
+            &pretty,
+            &request_timeout(config_json)?,
+            ModuleSource::Remote {
+                sha256: &module_sha256,
+            },
+        ),
+    });
+    files.push(File {
+        name: "module-server.yaml",
+        contents: MODULE_SERVER
+            .replace("{{WASM_BYTES}}", &module.wasm.len().to_string())
+            .replace("{{WASM_SHA256}}", &module_sha256)
+            .replace("{{WASM_BASE64}}", &encoded)
+            .replace("{{MODULE_SERVER_IMAGE}}", MODULE_SERVER_IMAGE),
     });
     // Istio's WasmPlugin cannot set the PluginConfig's allow_on_headers_stop_iteration: the
     // filter is told, so it never waits for body callbacks that such a host would not make.
@@ -208,6 +268,29 @@ mod tests {
             filter.contains(r#"                    "methods": ["#),
             "{filter}"
         );
+    }
+
+    #[test]
+    fn the_remote_envoyfilter_pins_the_module_the_module_server_carries() {
+        let wasm = b"\0asm\x01\0\0\0module bytes".to_vec();
+        let files = render_all("{}", &module(&wasm)).unwrap();
+        let get = |name: &str| &files.iter().find(|f| f.name == name).unwrap().contents;
+        let remote = get("envoyfilter-remote.yaml");
+        assert!(remote.contains(&format!("sha256: {}", sha256_hex(&wasm))));
+        assert!(remote.contains(&format!("cluster: {MODULE_CLUSTER}")));
+        assert!(remote.contains(&format!("name: {MODULE_CLUSTER}")));
+        assert!(remote.contains(&format!("address: {MODULE_SERVER_HOST}")));
+        assert!(!remote.contains("filename:"));
+        assert!(!remote.contains("config_discovery"));
+        assert!(!remote.contains("{{"));
+        let server = get("module-server.yaml");
+        assert!(server.contains(&base64(&wasm)));
+        assert!(server.contains(&format!("image: {MODULE_SERVER_IMAGE}")));
+        assert!(server.contains("sidecar.istio.io/inject: \"false\""));
+        // The fallback, with no module server: the file the ConfigMap mount provides.
+        let local = get("envoyfilter.yaml");
+        assert!(local.contains("filename: /var/local/lib/wasm/faas_mesh_filter.wasm"));
+        assert!(!local.contains("remote:"));
     }
 
     #[test]
