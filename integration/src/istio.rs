@@ -279,10 +279,65 @@ impl Mesh {
                         .map_err(|e| format!("{what}: {e}"))?;
                     applied.push(chains);
                 }
+                "NETWORK_FILTER" => {
+                    self.merge_network_filter(patch, &value)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                }
                 other => return Err(format!("{what}: applyTo {other} is not emulated")),
             }
         }
         Ok(applied)
+    }
+
+    /// `NETWORK_FILTER` `MERGE` as istiod applies it: the patch's value merged, as protobuf
+    /// merges messages, into each network filter of that name on the chains the port matches.
+    /// Returns the chains changed; a match that changes nothing is an error.
+    fn merge_network_filter(
+        &mut self,
+        patch: &Value,
+        value: &Value,
+    ) -> Result<Vec<ChainRef>, String> {
+        let m = &patch["match"];
+        if m["context"] != "SIDECAR_INBOUND" {
+            return Err(format!("context {} is not SIDECAR_INBOUND", m["context"]));
+        }
+        if patch["patch"]["operation"] != "MERGE" {
+            return Err("only NETWORK_FILTER MERGE is emulated".into());
+        }
+        let port = m["listener"]["portNumber"].as_u64();
+        let filter_name = m["listener"]["filterChain"]["filter"]["name"].as_str();
+        let mut changed = Vec::new();
+        for index in 0..self.chain_count() {
+            let chain_ref = self.chain_ref(index);
+            if port.is_some() && chain_ref.destination_port != port {
+                continue;
+            }
+            let Some(filters) = self.listener["filter_chains"][index]["filters"].as_array_mut()
+            else {
+                continue;
+            };
+            for network_filter in filters.iter_mut() {
+                if filter_name.is_some_and(|want| network_filter["name"] != want) {
+                    continue;
+                }
+                if network_filter["typed_config"]["@type"] != value["typed_config"]["@type"] {
+                    return Err(format!(
+                        "typed_config {} cannot merge into the chain's {}",
+                        value["typed_config"]["@type"], network_filter["typed_config"]["@type"]
+                    ));
+                }
+                proto_merge(network_filter, value);
+                changed.push(chain_ref.clone());
+            }
+        }
+        if changed.is_empty() {
+            return Err(format!(
+                "portNumber {} and filterChain.filter.name {:?} match no network filter",
+                port.unwrap_or(0),
+                filter_name.unwrap_or_default()
+            ));
+        }
+        Ok(changed)
     }
 
     fn patch_http_filter(&mut self, patch: &Value, value: &Value) -> Result<Vec<ChainRef>, String> {
@@ -1128,4 +1183,22 @@ pub fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
         .filter(|d| !d.trim().is_empty())
         .map(|d| serde_yaml::from_str(d).map_err(|e| format!("not YAML: {e}")))
         .collect()
+}
+
+/// Protobuf's merge, on JSON: messages field by field, lists appended, anything else replaced.
+fn proto_merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (key, value) in from {
+                match into.get_mut(key) {
+                    Some(slot) => proto_merge(slot, value),
+                    None => {
+                        into.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(into), Value::Array(from)) => into.extend(from.iter().cloned()),
+        (slot, value) => *slot = value.clone(),
+    }
 }

@@ -118,6 +118,24 @@ fn the_shipped_envoyfilter_lands_right_before_the_router_on_exactly_the_function
             "EnvoyFilter route: after istio.stats, right before the router"
         );
     }
+    // The connection manager's request_timeout (docs/reliability.md) on exactly those chains.
+    for index in 0..mesh.listener["filter_chains"]
+        .as_array()
+        .map_or(0, Vec::len)
+    {
+        let timeout = mesh.listener["filter_chains"][index]["filters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+            .map(|hcm| hcm["typed_config"]["request_timeout"].clone());
+        let on_function_chain = applied[0].iter().any(|c| c.index == index);
+        assert_eq!(
+            timeout.as_ref().is_some_and(|t| t == "40.000s"),
+            on_function_chain,
+            "request_timeout on chain {index}: {timeout:?}"
+        );
+    }
     // The catch-all chains (a port the Service does not declare) and TCP chains: no filter.
     assert_eq!(
         names(&mesh.chains_with_http_filter(FILTER)),
