@@ -9,13 +9,14 @@
 //! own temporary directory, is killed when its [`Envoy`] is dropped (also when a test panics),
 //! and is killed by the kernel if the test process dies first.
 
+use crate::envoy_process::EnvoyProcess;
 use crate::http::{self, Request, Response};
 use crate::manifest::Patches;
 use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long Envoy may take to start, or to apply a pushed configuration (V8 compiles the module
@@ -161,8 +162,7 @@ impl EnvoyOptions {
 
 /// A running Envoy; killed when dropped.
 pub struct Envoy {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: EnvoyProcess,
     admin: SocketAddr,
     listener: SocketAddr,
     patches: Patches,
@@ -344,8 +344,7 @@ impl Envoy {
             .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;
 
         let mut envoy = Envoy {
-            child,
-            dir,
+            process: EnvoyProcess::new(child, dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
             patches,
@@ -390,31 +389,17 @@ impl Envoy {
     pub async fn get(&self, target: &str) -> Response {
         self.send(&Request::get(target))
             .await
-            .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.log_tail(40)))
+            .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.process.log_tail(40)))
     }
 
     /// Envoy's log so far (the filter logs under the `wasm` component).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        self.process.log()
     }
 
-    /// Envoy's log once it satisfies `done` (the log is flushed every 20 ms), or as it is after
-    /// 30 seconds (it returns as soon as `done` holds; the bound is for a loaded machine).
+    /// Envoy's log once it satisfies `done`, or as it is after 30 seconds.
     pub async fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.log();
-            if done(&log) || Instant::now() > deadline {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.process.log_when(done).await
     }
 
     /// Every counter and gauge, by name.
@@ -466,7 +451,7 @@ impl Envoy {
                 panic!(
                     "stat {name} is still {value} after {limit:?}\n{}\n{}",
                     filter_stats.join("\n"),
-                    self.log_tail(30)
+                    self.process.log_tail(30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -509,7 +494,7 @@ impl Envoy {
 
     /// Envoy's process id (for its memory use).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Envoy's resident memory, in KiB (`VmRSS`).
@@ -541,7 +526,7 @@ impl Envoy {
     async fn wait_for_config_outcome(&mut self, before: (u64, u64)) -> io::Result<ConfigOutcome> {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
-            self.check_running()?;
+            self.process.check_running()?;
             let (success, rejected) = self.config_counters().await?;
             if rejected > before.1 {
                 return Ok(ConfigOutcome::Rejected);
@@ -550,9 +535,9 @@ impl Envoy {
                 return Ok(ConfigOutcome::Accepted);
             }
             if Instant::now() > deadline {
-                return Err(
-                    self.failure("the plugin configuration was neither accepted nor rejected")
-                );
+                return Err(self
+                    .process
+                    .failure("the plugin configuration was neither accepted nor rejected"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -561,14 +546,14 @@ impl Envoy {
     async fn wait_for_admin(&mut self, admin_file: &Path) -> io::Result<SocketAddr> {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
-            self.check_running()?;
+            self.process.check_running()?;
             if let Ok(text) = std::fs::read_to_string(admin_file) {
                 if let Ok(addr) = text.trim().parse() {
                     return Ok(addr);
                 }
             }
             if Instant::now() > deadline {
-                return Err(self.failure("Envoy did not open its admin port"));
+                return Err(self.process.failure("Envoy did not open its admin port"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -577,7 +562,7 @@ impl Envoy {
     async fn wait_for_listener(&mut self) -> io::Result<SocketAddr> {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
-            self.check_running()?;
+            self.process.check_running()?;
             let response = http::send(self.admin, &Request::get("/listeners?format=json")).await?;
             if response.status == 200 {
                 let listeners: Value = serde_json::from_slice(&response.body)?;
@@ -590,38 +575,9 @@ impl Envoy {
                 }
             }
             if Instant::now() > deadline {
-                return Err(self.failure("Envoy did not open its listener"));
+                return Err(self.process.failure("Envoy did not open its listener"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn check_running(&mut self) -> io::Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(self.failure(&format!("Envoy exited ({status})"))),
-        }
-    }
-
-    fn failure(&self, what: &str) -> io::Error {
-        let output =
-            std::fs::read_to_string(self.dir.path().join("stdout-stderr.log")).unwrap_or_default();
-        io::Error::other(format!(
-            "{what}\n--- envoy.log (tail) ---\n{}\n--- stdout/stderr ---\n{output}",
-            self.log_tail(40)
-        ))
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- envoy.log of the failed test (tail) ---\n{}",
-                self.log_tail(60)
-            );
         }
     }
 }

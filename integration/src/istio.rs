@@ -27,12 +27,13 @@
 //! stats inclusion list gets what an operator's `proxyStatsMatcher` adds; the dump's AuthorizationPolicy (its principals need Istio's
 //! authn state) is replaced by one of the test's, at the same place in the chain.
 
+use crate::envoy_process::EnvoyProcess;
 use crate::http::{self, Request, Response};
 use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The HTTP and network filters upstream Envoy lacks; removed before running, nothing else.
@@ -595,8 +596,7 @@ pub struct SidecarOptions {
 
 /// A running upstream Envoy built from Istio's bootstrap and a patched `virtualInbound`.
 pub struct Sidecar {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: EnvoyProcess,
     admin: SocketAddr,
     /// The declared port (the chains the manifests matched).
     pub declared: SocketAddr,
@@ -762,8 +762,7 @@ impl Sidecar {
         crate::dies_with_the_test(&mut command);
         let child = command.spawn()?;
         let mut sidecar = Sidecar {
-            child,
-            dir,
+            process: EnvoyProcess::new(child, dir),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             declared: SocketAddr::from(([127, 0, 0, 1], declared_port)),
             undeclared: SocketAddr::from(([127, 0, 0, 1], undeclared_port)),
@@ -775,7 +774,7 @@ impl Sidecar {
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
-            sidecar.check_running()?;
+            sidecar.process.check_running()?;
             if let Some(addr) = std::fs::read_to_string(&admin_file)
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
@@ -784,19 +783,19 @@ impl Sidecar {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(sidecar.failure("Envoy did not open its admin port"));
+                return Err(sidecar.process.failure("Envoy did not open its admin port"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         loop {
-            sidecar.check_running()?;
+            sidecar.process.check_running()?;
             let listeners =
                 http::send(sidecar.admin, &Request::get("/listeners?format=json")).await?;
             if listeners.status == 200 && listeners.text().contains("virtualInbound") {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(sidecar.failure("Envoy did not open virtualInbound"));
+                return Err(sidecar.process.failure("Envoy did not open virtualInbound"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -809,7 +808,7 @@ impl Sidecar {
         let deadline = Instant::now() + STARTUP_LIMIT;
         let prefix = format!("extension_config_discovery.http_filter.{filter}.");
         loop {
-            self.check_running()?;
+            self.process.check_running()?;
             let stats = self.stats().await?;
             let get = |c: &str| {
                 stats
@@ -825,7 +824,9 @@ impl Sidecar {
                 return Ok(false);
             }
             if Instant::now() > deadline {
-                return Err(self.failure(&format!("no ECDS outcome for {filter}")));
+                return Err(self
+                    .process
+                    .failure(&format!("no ECDS outcome for {filter}")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -969,62 +970,21 @@ impl Sidecar {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// The log once it satisfies `done`, or as it is after 30 seconds.
     pub async fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.log();
-            if done(&log) || Instant::now() > deadline {
-                return log;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.process.log_when(done).await
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.process.log_tail(lines)
     }
 
     /// How Envoy exited, if it did, and what it wrote to stdout/stderr.
     pub fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
-        let status = self.child.try_wait().ok()??;
-        let output =
-            std::fs::read_to_string(self.dir.path().join("stdout-stderr.log")).unwrap_or_default();
-        Some((status, output))
-    }
-
-    fn check_running(&mut self) -> io::Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(self.failure(&format!("Envoy exited ({status})"))),
-        }
-    }
-
-    fn failure(&self, what: &str) -> io::Error {
-        let output =
-            std::fs::read_to_string(self.dir.path().join("stdout-stderr.log")).unwrap_or_default();
-        io::Error::other(format!(
-            "{what}\n--- envoy.log (tail) ---\n{}\n--- stdout/stderr ---\n{output}",
-            self.log_tail(40)
-        ))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- envoy.log of the failed test (tail) ---\n{}",
-                self.log_tail(60)
-            );
-        }
+        self.process.exited()
     }
 }
 

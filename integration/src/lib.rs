@@ -11,6 +11,7 @@
 //! - [`openfaas`]: the real of-watchdog and gateway, in network namespaces the test creates.
 
 pub mod envoy;
+pub mod envoy_process;
 pub mod http;
 pub mod istio;
 pub mod manifest;
