@@ -15,7 +15,7 @@ use faas_mesh_integration::istio::{
 use faas_mesh_integration::repo_root;
 use faas_mesh_integration::stand_in::StandInFunction;
 use faas_mesh_integration::tls::Pki;
-use faas_mesh_tools::render::{render_all, Module};
+use faas_mesh_tools::render::{render_all, File, Module};
 use serde_json::Value;
 
 const FILTER: &str = "openfaas-fn.faas-mesh-filter";
@@ -38,11 +38,11 @@ fn shipped_envoyfilter() -> Value {
     yaml_documents(&text).expect("YAML").remove(0)
 }
 
-/// The manifests `make render` makes of the shipped configuration and the built module.
-fn rendered(name: &str) -> Vec<Value> {
+/// Every file `make render` makes of the shipped configuration and the built module.
+fn render_shipped() -> Vec<File> {
     let config = std::fs::read_to_string(repo_root().join("envoyfilter/config.json")).unwrap();
     let wasm = std::fs::read(filter_wasm().expect("module")).expect("module");
-    let files = render_all(
+    render_all(
         &config,
         &Module {
             wasm: &wasm,
@@ -50,7 +50,12 @@ fn rendered(name: &str) -> Vec<Value> {
             version: "test",
         },
     )
-    .expect("render");
+    .expect("render")
+}
+
+/// The manifest `name` of [`render_shipped`], as YAML documents.
+fn rendered(name: &str) -> Vec<Value> {
+    let files = render_shipped();
     let file = files.iter().find(|f| f.name == name).expect(name);
     yaml_documents(&file.contents).expect("YAML")
 }
@@ -495,17 +500,8 @@ impl Drop for ModuleServer {
 /// The rendered EnvoyFilter that fetches the module (`vm_config.code.remote`), and the cluster
 /// it fetches through.
 fn remote_envoyfilter() -> (Value, String) {
-    let config = std::fs::read_to_string(repo_root().join("envoyfilter/config.json")).unwrap();
+    let files = render_shipped();
     let wasm = std::fs::read(filter_wasm().expect("module")).expect("module");
-    let files = render_all(
-        &config,
-        &Module {
-            wasm: &wasm,
-            image: "registry.example/faas-mesh-filter:test",
-            version: "test",
-        },
-    )
-    .expect("render");
     for file in &files {
         for doc in yaml_documents(&file.contents).expect("YAML") {
             if doc["kind"] != "EnvoyFilter" {
