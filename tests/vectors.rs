@@ -237,40 +237,14 @@ fn the_local_functions_entry_overrides_the_default_rule_by_rule() {
 
 #[test]
 fn trace_vectors() {
-    use faas_mesh_filter::trace::{child, Incoming, Source};
+    use faas_mesh_filter::trace::{child, Source};
     let v = vectors("trace.json");
     let cases = v["cases"].as_array().expect("cases");
     assert!(cases.len() >= 20);
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        // A header sent twice is unusable, as the adapter reports it.
-        let values: Vec<(String, Vec<u8>)> = case["in"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    Value::Array(_) => Vec::new(),
-                    other => other.as_str().unwrap().as_bytes().to_vec(),
-                };
-                (k.clone(), value)
-            })
-            .collect();
-        let get = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
-        };
-        let incoming = Incoming {
-            traceparent: get("traceparent"),
-            b3_trace_id: get("x-b3-traceid"),
-            b3_span_id: get("x-b3-spanid"),
-            b3_parent_span_id: get("x-b3-parentspanid"),
-            b3_sampled: get("x-b3-sampled"),
-            b3_flags: get("x-b3-flags"),
-            b3_single: get("b3"),
-        };
+        let values = trace_in(case);
+        let incoming = trace_incoming(&values);
         let (context, source) = child(&incoming, [0xaa; 16], [0xbb; 8]);
         let want_source = match case["source"].as_str().unwrap() {
             "w3c" => Source::W3c,
@@ -305,30 +279,35 @@ fn trace_in(case: &Value) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// What the request core scans from those headers.
+fn trace_incoming(values: &[(String, Vec<u8>)]) -> faas_mesh_filter::trace::Incoming<'_> {
+    let get = |name: &str| {
+        values
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    faas_mesh_filter::trace::Incoming {
+        traceparent: get("traceparent"),
+        b3_trace_id: get("x-b3-traceid"),
+        b3_span_id: get("x-b3-spanid"),
+        b3_parent_span_id: get("x-b3-parentspanid"),
+        b3_sampled: get("x-b3-sampled"),
+        b3_flags: get("x-b3-flags"),
+        b3_single: get("b3"),
+    }
+}
+
 #[test]
 fn trace_vectors_with_envoys_tracer() {
-    use faas_mesh_filter::trace::{bridge, Incoming};
+    use faas_mesh_filter::trace::bridge;
     let v = vectors("trace-envoy.json");
     let cases = v["cases"].as_array().expect("cases");
     assert!(cases.len() >= 15);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let values = trace_in(case);
-        let get = |name: &str| {
-            values
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
-        };
-        let incoming = Incoming {
-            traceparent: get("traceparent"),
-            b3_trace_id: get("x-b3-traceid"),
-            b3_span_id: get("x-b3-spanid"),
-            b3_parent_span_id: get("x-b3-parentspanid"),
-            b3_sampled: get("x-b3-sampled"),
-            b3_flags: get("x-b3-flags"),
-            b3_single: get("b3"),
-        };
+        let incoming = trace_incoming(&values);
         // As the request core applies them: a removal of a header that did not arrive is skipped.
         let got: serde_json::Map<String, Value> = bridge(&incoming, true, true)
             .into_iter()
@@ -342,8 +321,9 @@ fn trace_vectors_with_envoys_tracer() {
         for (header, value) in case["out"].as_object().unwrap() {
             if let Some(value) = value.as_str() {
                 assert_eq!(envoy, "continues", "{name}: {header} written");
-                let caller = get("b3")
-                    .or(get("x-b3-traceid"))
+                let caller = incoming
+                    .b3_single
+                    .or(incoming.b3_trace_id)
                     .map(|v| {
                         String::from_utf8_lossy(v)
                             .split('-')
