@@ -265,7 +265,7 @@ pub fn decide<'p>(
         ];
         for reason in checks.into_iter().filter_map(Result::err) {
             decision.denied.push(reason);
-            if policy.mode == crate::config::PolicyMode::Enforce {
+            if policy.mode == crate::policy::PolicyMode::Enforce {
                 decision.reply = Some(reply::denied(reason, 0, &policy.allow));
                 decision.writes.clear();
                 decision.write_call_id = false;

@@ -7,8 +7,10 @@
 )]
 
 use faas_mesh_filter::call_id::is_safe_token;
-use faas_mesh_filter::config::{Config, OtherFunction, PolicyMode, PolicyRules, TraceOwner};
+use faas_mesh_filter::config::{Config, TraceOwner};
 use faas_mesh_filter::plan::{Plan, PodInfo};
+use faas_mesh_filter::policy::{PolicyMode, PolicyRules};
+use faas_mesh_filter::rewrite::OtherFunction;
 use faas_mesh_filter::rewrite::{NotFound, Rewriter, Route};
 use serde_json::{json, Value};
 
