@@ -45,6 +45,7 @@ pub fn function(o: &Obj<'_>, f: &mut FunctionSection) -> Result<(), ConfigError>
     Ok(())
 }
 
+#[inline(always)]
 fn rewrite(o: &Obj<'_>, r: &mut RewriteSection) -> Result<(), ConfigError> {
     if let Some(prefix) = o.string("prefix")? {
         r.prefix = path_prefix(&o.path("prefix"), prefix)?;
@@ -61,6 +62,7 @@ fn rewrite(o: &Obj<'_>, r: &mut RewriteSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[inline(always)]
 fn headers(o: &Obj<'_>, h: &mut HeadersSection) -> Result<(), ConfigError> {
     for (key, slot) in [
         ("call_id", &mut h.call_id),
@@ -85,6 +87,7 @@ fn headers(o: &Obj<'_>, h: &mut HeadersSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[inline(always)]
 fn tracing(o: &Obj<'_>, t: &mut TracingSection) -> Result<(), ConfigError> {
     if let Some(b) = o.boolean("b3")? {
         t.b3 = b;
@@ -101,6 +104,7 @@ fn tracing(o: &Obj<'_>, t: &mut TracingSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[inline(always)]
 fn readiness(o: &Obj<'_>, r: &mut ReadinessSection) -> Result<(), ConfigError> {
     if let Some(b) = o.boolean("enabled")? {
         r.enabled = b;
@@ -139,6 +143,7 @@ fn readiness(o: &Obj<'_>, r: &mut ReadinessSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[inline(always)]
 fn envoy(o: &Obj<'_>, e: &mut EnvoySection) -> Result<(), ConfigError> {
     if let Some(b) = o.boolean("allow_on_headers_stop_iteration")? {
         e.allow_on_headers_stop_iteration = b;
@@ -146,6 +151,7 @@ fn envoy(o: &Obj<'_>, e: &mut EnvoySection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[inline(always)]
 fn policy(o: &Obj<'_>, p: &mut PolicySection) -> Result<(), ConfigError> {
     if let Some(d) = o.object("default", RULE_KEYS)? {
         p.default = rules(&d)?;
