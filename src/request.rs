@@ -35,7 +35,7 @@ pub struct Incoming<'a> {
     pub gateway_probe: bool,
     /// Method-override header values (read only when the policy checks methods).
     pub overrides: Vec<&'a [u8]>,
-    pub trace: trace::Incoming<'a>,
+    pub trace: trace::TraceHeaders<'a>,
 }
 
 impl<'a> Incoming<'a> {
@@ -112,7 +112,7 @@ impl Entropy {
 
 /// Records a trace header in `incoming`; false if `name` is none. A header sent twice is
 /// recorded as unusable (empty).
-fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a [u8]) -> bool {
+fn trace_header<'a>(incoming: &mut trace::TraceHeaders<'a>, name: &[u8], value: &'a [u8]) -> bool {
     let slot = match name {
         b"traceparent" => &mut incoming.traceparent,
         b"b3" => &mut incoming.b3_single,
