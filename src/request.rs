@@ -8,7 +8,6 @@
 //! need shared data (rate, in-flight) and the readiness gate come after, in the adapter.
 
 use crate::call_id;
-use crate::config::TraceOwner;
 use crate::header_map;
 use crate::plan::Plan;
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
@@ -16,6 +15,7 @@ use crate::reply::{self, LocalReply};
 use crate::rewrite::Route;
 use crate::timing;
 use crate::trace;
+use crate::trace::TraceOwner;
 
 /// What a request carries that the filter reads: collected in one pass over its header map.
 #[derive(Debug, Default)]

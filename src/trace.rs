@@ -6,6 +6,19 @@
 //! malformed value is never forwarded: the format it was in is rewritten from the context the
 //! filter settled on (a new trace if nothing valid arrived). `tracestate` is never touched.
 
+/// `tracing.owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceOwner {
+    /// Envoy's tracer owns the trace: it reads the caller's context before any HTTP filter runs
+    /// and writes its own span into the request at the router, after them. The filter creates
+    /// no ids; it only makes the formats Envoy does not write name Envoy's trace (or removes
+    /// them).
+    Envoy,
+    /// No tracer in the sidecar: the filter continues the caller's trace with a span of its own,
+    /// or starts one.
+    Filter,
+}
+
 /// The request headers tracing reads, as they arrived. `Some(b"")` stands for "present but
 /// unusable" (for example sent twice).
 #[derive(Debug, Clone, Copy, Default)]

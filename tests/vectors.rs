@@ -7,11 +7,12 @@
 )]
 
 use faas_mesh_filter::call_id::is_safe_token;
-use faas_mesh_filter::config::{Config, TraceOwner};
+use faas_mesh_filter::config::Config;
 use faas_mesh_filter::plan::{Plan, PodInfo};
 use faas_mesh_filter::policy::{PolicyMode, PolicyRules};
 use faas_mesh_filter::rewrite::OtherFunction;
 use faas_mesh_filter::rewrite::{NotFound, Rewriter, Route};
+use faas_mesh_filter::trace::TraceOwner;
 use serde_json::{json, Value};
 
 fn vectors(name: &str) -> Value {

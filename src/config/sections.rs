@@ -8,6 +8,7 @@ use super::rules::rules;
 use super::types::*;
 use super::validate::*;
 use crate::rewrite::OtherFunction;
+use crate::trace::TraceOwner;
 
 /// Every section of the root object but the entries of `policy.functions` (streamed apart).
 pub fn read_all(root: &Obj<'_>, config: &mut Config) -> Result<(), ConfigError> {

@@ -3,6 +3,7 @@
 
 use crate::policy::PolicyRules;
 use crate::rewrite::OtherFunction;
+use crate::trace::TraceOwner;
 use std::collections::BTreeMap;
 
 /// What the operator asked for, with defaults filled in. Per-request decisions use
@@ -66,19 +67,6 @@ pub struct TracingSection {
     /// Who creates this hop's span: Envoy's own tracer (the connection manager has a `tracing`
     /// block, as in a default Istio mesh) or the filter (no tracer in the sidecar).
     pub owner: TraceOwner,
-}
-
-/// `tracing.owner`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TraceOwner {
-    /// Envoy's tracer owns the trace: it reads the caller's context before any HTTP filter runs
-    /// and writes its own span into the request at the router, after them. The filter creates
-    /// no ids; it only makes the formats Envoy does not write name Envoy's trace (or removes
-    /// them).
-    Envoy,
-    /// No tracer in the sidecar: the filter continues the caller's trace with a span of its own,
-    /// or starts one.
-    Filter,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -194,10 +194,10 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
     };
     let owner = match (plan.tracing.w3c || plan.tracing.b3, plan.tracing.owner) {
         (false, _) => "",
-        (true, faas_mesh_filter::config::TraceOwner::Envoy) => {
+        (true, faas_mesh_filter::trace::TraceOwner::Envoy) => {
             ", bridged to Envoy's tracer's trace (tracing.owner envoy)"
         }
-        (true, faas_mesh_filter::config::TraceOwner::Filter) => {
+        (true, faas_mesh_filter::trace::TraceOwner::Filter) => {
             ", a span of the filter's own (tracing.owner filter)"
         }
     };
