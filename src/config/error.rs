@@ -43,6 +43,18 @@ pub fn join(at: &str, step: Step<'_>) -> String {
     }
 }
 
+/// A string as an error shows it: quoted, cut after 64 characters.
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    let cut: String = s.chars().take(MAX).collect();
+    let more = if s.chars().nth(MAX).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{:?}", cut + more)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@
 //! - `sections.rs` (one function per section) and `rules.rs` (one policy entry);
 //! - `obj.rs` (a JSON object read key by key) and `validate.rs` (single values);
 //! - `json.rs`: the text read strictly (duplicate keys refused), `policy.functions` streamed;
-//! - `error.rs`: [`ConfigError`] and the key paths that name it;
+//! - `error.rs`: [`ConfigError`], the key paths that name it, and how a wrong string is shown;
 //! - beside them, `types.rs` (the sections and their defaults) and `keys.rs` (the keys each
 //!   object accepts, [`OBJECTS`], and the ranges of the numbers).
 

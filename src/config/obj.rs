@@ -1,7 +1,7 @@
 //! A JSON object at a key path, read key by key: each accessor gives the value in the type the
 //! key needs, or an error naming the key, what it expected and what it got.
 
-use super::error::{join, ConfigError, Step};
+use super::error::{join, quote, ConfigError, Step};
 use serde_json::{Map, Value};
 
 /// A JSON object at a key path, with the set of keys it may hold.
@@ -157,15 +157,4 @@ pub fn describe(v: &Value) -> String {
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "an object".into(),
     }
-}
-
-pub fn quote(s: &str) -> String {
-    const MAX: usize = 64;
-    let cut: String = s.chars().take(MAX).collect();
-    let more = if s.chars().nth(MAX).is_some() {
-        "…"
-    } else {
-        ""
-    };
-    format!("{:?}", cut + more)
 }

@@ -1,9 +1,9 @@
 //! One policy entry (`policy.default`, or `policy.functions.<name>`) read into its rules: each
 //! rule optional, so an entry overrides the default key by key.
 
-use super::error::ConfigError;
+use super::error::{quote, ConfigError};
 use super::keys::*;
-use super::obj::{quote, Obj};
+use super::obj::Obj;
 use crate::policy::{PolicyMode, PolicyRules, RateLimit};
 
 /// The rules of one policy entry.

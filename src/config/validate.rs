@@ -1,8 +1,7 @@
 //! The checks of single values: names, paths, identities, header names. Each takes the value's
 //! key path for its error and gives the value as the configuration keeps it.
 
-use super::error::ConfigError;
-use super::obj::quote;
+use super::error::{quote, ConfigError};
 
 /// A Kubernetes/OpenFaaS function name: a DNS-1123 label.
 pub fn function_name(path: &str, s: &str) -> Result<String, ConfigError> {
