@@ -6,9 +6,8 @@
 //! alone) or that is unknown under the prefix is refused: the operator's rule stands, and the
 //! refusal is reported (the adapter logs it and counts it). Pure: no host calls.
 
-use crate::config::{
-    PolicyRules, RateLimit, MAX_BODY_BYTES, MAX_BURST, MAX_INFLIGHT, MAX_RATE, PROXIED_METHODS,
-};
+use crate::config::{MAX_BODY_BYTES, MAX_BURST, MAX_INFLIGHT, MAX_RATE, PROXIED_METHODS};
+use crate::policy::{PolicyRules, RateLimit};
 
 /// The prefix of the annotations the filter reads, in the OpenFaaS style (`com.openfaas.*`).
 pub const PREFIX: &str = "com.openfaas.mesh.";

@@ -1,15 +1,16 @@
 //! faas-mesh-filter: a proxy-wasm filter for the Envoy sidecar of OpenFaaS function pods.
 //!
 //! The pure modules decide; they never call the host and are tested natively with `cargo test`:
-//! - [`config`] (with [`strict_json`]): the plugin configuration, read strictly and validated
-//!   with key-path errors; [`annotations`]: a function's own narrowing rules;
+//! - [`config`]: the plugin configuration, read strictly in one pass and validated section by
+//!   section with key-path errors; [`annotations`]: a function's own narrowing rules;
 //! - [`plan`]: the configuration compiled for one pod (local function, effective policy);
 //! - [`request`]: one request's decision (route, call id, headers, the policy's header checks);
 //! - [`rewrite`]: `/function/<name>/...` paths to what the function expects;
 //! - [`call_id`], [`timing`]: the values of the call-id, start-time and duration headers;
 //! - [`trace`]: W3C and B3 trace context, read and written;
 //! - [`reply`]: every reply the filter makes;
-//! - [`policy`]: per-function policy checks, the rate-limit bucket, in-flight slots by owner;
+//! - [`policy`]: per-function policy rules and header checks, the rate-limit bucket, the shared
+//!   counters (in-flight slots by owner);
 //! - [`gate`], [`held`], [`body_budget`]: the readiness gate's shared records and decisions;
 //! - [`header_map`]: the proxy-wasm header map wire format;
 //! - [`metrics`]: the names of the filter's stats.
@@ -41,7 +42,6 @@ pub mod policy;
 pub mod reply;
 pub mod request;
 pub mod rewrite;
-pub mod strict_json;
 pub mod timing;
 pub mod trace;
 

@@ -2,10 +2,9 @@
 //! `on_configure` from the operator's configuration and what the sidecar knows about its pod.
 
 use crate::config::{
-    Config, ConfigError, FunctionSection, HeadersSection, PolicyRules, ReadinessSection,
-    TracingSection,
+    Config, ConfigError, FunctionSection, HeadersSection, ReadinessSection, TracingSection,
 };
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyRules};
 use crate::rewrite::Rewriter;
 
 /// What Istio tells the sidecar about its pod (node metadata), read once at configure time.

@@ -8,7 +8,6 @@
 //! need shared data (rate, in-flight) and the readiness gate come after, in the adapter.
 
 use crate::call_id;
-use crate::config::TraceOwner;
 use crate::header_map;
 use crate::plan::Plan;
 use crate::policy::{parse_content_length, Reason, METHOD_OVERRIDE_HEADERS};
@@ -16,6 +15,7 @@ use crate::reply::{self, LocalReply};
 use crate::rewrite::Route;
 use crate::timing;
 use crate::trace;
+use crate::trace::TraceOwner;
 
 /// What a request carries that the filter reads: collected in one pass over its header map.
 #[derive(Debug, Default)]
@@ -35,7 +35,7 @@ pub struct Incoming<'a> {
     pub gateway_probe: bool,
     /// Method-override header values (read only when the policy checks methods).
     pub overrides: Vec<&'a [u8]>,
-    pub trace: trace::Incoming<'a>,
+    pub trace: trace::TraceHeaders<'a>,
 }
 
 impl<'a> Incoming<'a> {
@@ -112,7 +112,7 @@ impl Entropy {
 
 /// Records a trace header in `incoming`; false if `name` is none. A header sent twice is
 /// recorded as unusable (empty).
-fn trace_header<'a>(incoming: &mut trace::Incoming<'a>, name: &[u8], value: &'a [u8]) -> bool {
+fn trace_header<'a>(incoming: &mut trace::TraceHeaders<'a>, name: &[u8], value: &'a [u8]) -> bool {
     let slot = match name {
         b"traceparent" => &mut incoming.traceparent,
         b"b3" => &mut incoming.b3_single,
@@ -265,7 +265,7 @@ pub fn decide<'p>(
         ];
         for reason in checks.into_iter().filter_map(Result::err) {
             decision.denied.push(reason);
-            if policy.mode == crate::config::PolicyMode::Enforce {
+            if policy.mode == crate::policy::PolicyMode::Enforce {
                 decision.reply = Some(reply::denied(reason, 0, &policy.allow));
                 decision.writes.clear();
                 decision.write_call_id = false;

@@ -8,7 +8,14 @@
 //! resolves them before the filter, but `pathNormalization: NONE` does not, and the function must
 //! never see a path that climbs out of the one the caller was routed to.
 
-use crate::config::OtherFunction;
+/// `rewrite.other_function`: what a path naming another function gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherFunction {
+    /// `/function/<other>/...` answers 404.
+    Reject,
+    /// `/function/<other>/...` is rewritten like the local function's paths.
+    Pass,
+}
 
 /// What to do with a request path.
 #[derive(Debug, Clone, PartialEq, Eq)]

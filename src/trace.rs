@@ -6,10 +6,23 @@
 //! malformed value is never forwarded: the format it was in is rewritten from the context the
 //! filter settled on (a new trace if nothing valid arrived). `tracestate` is never touched.
 
+/// `tracing.owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceOwner {
+    /// Envoy's tracer owns the trace: it reads the caller's context before any HTTP filter runs
+    /// and writes its own span into the request at the router, after them. The filter creates
+    /// no ids; it only makes the formats Envoy does not write name Envoy's trace (or removes
+    /// them).
+    Envoy,
+    /// No tracer in the sidecar: the filter continues the caller's trace with a span of its own,
+    /// or starts one.
+    Filter,
+}
+
 /// The request headers tracing reads, as they arrived. `Some(b"")` stands for "present but
 /// unusable" (for example sent twice).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Incoming<'a> {
+pub struct TraceHeaders<'a> {
     pub traceparent: Option<&'a [u8]>,
     pub b3_trace_id: Option<&'a [u8]>,
     pub b3_span_id: Option<&'a [u8]>,
@@ -19,7 +32,7 @@ pub struct Incoming<'a> {
     pub b3_single: Option<&'a [u8]>,
 }
 
-impl Incoming<'_> {
+impl TraceHeaders<'_> {
     /// Whether the request carried the header `name` (one of [`names`]).
     pub fn has(&self, name: &str) -> bool {
         match name {
@@ -83,7 +96,11 @@ pub enum Source {
 
 /// Settles the context: the caller's (child span `fresh_span`) or a new trace (`fresh_trace`).
 /// `fresh_trace` and `fresh_span` are random bytes from the host; zero ids are made non-zero.
-pub fn child(incoming: &Incoming, fresh_trace: [u8; 16], fresh_span: [u8; 8]) -> (Context, Source) {
+pub fn child(
+    incoming: &TraceHeaders,
+    fresh_trace: [u8; 16],
+    fresh_span: [u8; 8],
+) -> (Context, Source) {
     let span_id = non_zero_span(fresh_span);
     let context = |trace_id, short, parent, sampled, debug| Context {
         trace_id,
@@ -238,7 +255,7 @@ impl Context {
 /// `traceparent` when Envoy's trace is not the caller's B3 one or its sampling is unknown here,
 /// `x-b3-flags` (Envoy ignores it), stale `x-b3-*` beside a `b3`, and every trace header of a
 /// context that does not parse.
-pub fn bridge(incoming: &Incoming, w3c: bool, b3: bool) -> Vec<(&'static str, Option<String>)> {
+pub fn bridge(incoming: &TraceHeaders, w3c: bool, b3: bool) -> Vec<(&'static str, Option<String>)> {
     let mut out = Vec::new();
     let mut set = |on: bool, name: &'static str, value: Option<String>| {
         if on {
@@ -280,7 +297,7 @@ const MULTI: [&str; 5] = [
 /// when it continues the caller's B3 trace (the context's span is the caller's), `Some(None)`
 /// when it starts its own (nothing, a bare sampling decision, or only W3C arrived), `None` when
 /// a B3 context arrived malformed (Envoy then has no span, or read it more leniently).
-fn envoy_context(incoming: &Incoming) -> Option<Option<(Context, bool)>> {
+fn envoy_context(incoming: &TraceHeaders) -> Option<Option<(Context, bool)>> {
     let caller = |b3: B3| Context {
         trace_id: b3.trace_id,
         short_trace_id: b3.short,
@@ -395,7 +412,7 @@ fn parse_sampled(value: &[u8]) -> Option<bool> {
     }
 }
 
-fn parse_b3_multi(incoming: &Incoming) -> Option<B3Header> {
+fn parse_b3_multi(incoming: &TraceHeaders) -> Option<B3Header> {
     let debug = incoming.b3_flags == Some(b"1");
     let sampled = match incoming.b3_sampled {
         None => None,
@@ -576,7 +593,7 @@ mod tests {
             for single in singles {
                 for m in multis {
                     let b = |v: Option<&'static str>| v.map(str::as_bytes);
-                    let incoming = Incoming {
+                    let incoming = TraceHeaders {
                         traceparent: b(tp),
                         b3_single: b(single),
                         b3_trace_id: b(m[0]),
@@ -592,10 +609,10 @@ mod tests {
                         let Some(Some((caller, _))) = envoy else {
                             panic!("{name} written although Envoy does not continue: {what}");
                         };
-                        let reread = Incoming {
+                        let reread = TraceHeaders {
                             traceparent: (name == names::TRACEPARENT).then_some(value.as_bytes()),
                             b3_single: (name == names::B3).then_some(value.as_bytes()),
-                            ..Incoming::default()
+                            ..TraceHeaders::default()
                         };
                         let (again, source) = child(&reread, [1; 16], [1; 8]);
                         assert_ne!(source, Source::New, "{name} {value}: {what}");

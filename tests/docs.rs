@@ -20,7 +20,8 @@
 )]
 
 use faas_mesh_filter::annotations;
-use faas_mesh_filter::config::{Config, PolicyRules, ANY_FUNCTION, OBJECTS};
+use faas_mesh_filter::config::{Config, ANY_FUNCTION, OBJECTS};
+use faas_mesh_filter::policy::PolicyRules;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};

@@ -7,9 +7,12 @@
 )]
 
 use faas_mesh_filter::call_id::is_safe_token;
-use faas_mesh_filter::config::{Config, OtherFunction, PolicyMode, PolicyRules, TraceOwner};
+use faas_mesh_filter::config::Config;
 use faas_mesh_filter::plan::{Plan, PodInfo};
+use faas_mesh_filter::policy::{PolicyMode, PolicyRules};
+use faas_mesh_filter::rewrite::OtherFunction;
 use faas_mesh_filter::rewrite::{NotFound, Rewriter, Route};
+use faas_mesh_filter::trace::TraceOwner;
 use serde_json::{json, Value};
 
 fn vectors(name: &str) -> Value {
@@ -280,14 +283,14 @@ fn trace_in(case: &Value) -> Vec<(String, Vec<u8>)> {
 }
 
 /// What the request core scans from those headers.
-fn trace_incoming(values: &[(String, Vec<u8>)]) -> faas_mesh_filter::trace::Incoming<'_> {
+fn trace_incoming(values: &[(String, Vec<u8>)]) -> faas_mesh_filter::trace::TraceHeaders<'_> {
     let get = |name: &str| {
         values
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     };
-    faas_mesh_filter::trace::Incoming {
+    faas_mesh_filter::trace::TraceHeaders {
         traceparent: get("traceparent"),
         b3_trace_id: get("x-b3-traceid"),
         b3_span_id: get("x-b3-spanid"),

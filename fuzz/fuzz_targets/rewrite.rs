@@ -1,7 +1,7 @@
 //! Any request path: the rewrite never panics, and what it forwards is always `/` followed by
 //! bytes the caller sent (never invented, never decoded).
 #![no_main]
-use faas_mesh_filter::config::OtherFunction;
+use faas_mesh_filter::rewrite::OtherFunction;
 use faas_mesh_filter::rewrite::{Rewriter, Route};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,14 +2,14 @@
 //! gives the same trace, the same sampling decision and this hop's span as the parent. With
 //! Envoy's tracer in charge (`bridge`), what the filter writes reads back as one trace.
 #![no_main]
-use faas_mesh_filter::trace::{bridge, child, Incoming, Source};
+use faas_mesh_filter::trace::{bridge, child, TraceHeaders, Source};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // Seven header values separated by 0xff (absent when empty).
     let mut parts = data.split(|b| *b == 0xff);
     let mut next = || parts.next().filter(|p| !p.is_empty());
-    let incoming = Incoming {
+    let incoming = TraceHeaders {
         traceparent: next(),
         b3_trace_id: next(),
         b3_span_id: next(),
@@ -31,11 +31,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(traceparent.len(), 55);
     // Read back: a child of what we wrote carries the same trace and sampling, parent = our span.
     for reread in [
-        Incoming {
+        TraceHeaders {
             traceparent: Some(traceparent),
             ..Default::default()
         },
-        Incoming {
+        TraceHeaders {
             b3_single: get("b3"),
             ..Default::default()
         },
@@ -50,11 +50,11 @@ fuzz_target!(|data: &[u8]| {
     for (name, value) in bridge(&incoming, true, true) {
         let Some(value) = value else { continue };
         let reread = match name {
-            "traceparent" => Incoming {
+            "traceparent" => TraceHeaders {
                 traceparent: Some(value.as_bytes()),
                 ..Default::default()
             },
-            "b3" => Incoming {
+            "b3" => TraceHeaders {
                 b3_single: Some(value.as_bytes()),
                 ..Default::default()
             },

@@ -8,14 +8,14 @@
 //! The readiness gate adds, once the function is ready, one flag read per request; its probes
 //! run from the root context's tick (see `readiness`).
 
-use crate::config::{Config, Keep, PolicyMode};
+use crate::config::{Config, Keep};
 use crate::header_map;
 use crate::host::gate::{Arrival, BodyRefused, Gate, HoldState};
 use crate::host::policy::{self as host_policy, Enforcer};
 use crate::host::{self, send_reply, Abi, Host, HostLogger, Stat};
 use crate::metrics;
 use crate::plan::{Plan, PodInfo};
-use crate::policy::Reason;
+use crate::policy::{PolicyMode, Reason};
 use crate::reply::{self, LocalReply};
 use crate::request::{self, Incoming, Peer};
 use crate::timing;

@@ -2,10 +2,9 @@
 //! identity, the pod-wide in-flight count and token bucket in shared data) and what they leave
 //! behind (stats per function and reason, audit log lines).
 
-use crate::config::PolicyMode;
 use crate::host::{Host, Stat};
 use crate::metrics;
-use crate::policy::{admit, Admission, Counters, Policy, Reason, HEARTBEAT_MS};
+use crate::policy::{admit, Admission, Counters, Policy, PolicyMode, Reason, HEARTBEAT_MS};
 use crate::reply::LocalReply;
 use proxy_wasm::types::MetricType;
 use std::cell::Cell;

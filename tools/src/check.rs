@@ -10,8 +10,9 @@
 //! `envoyfilter-remote.yaml`: the HTTP_FILTER patch's;
 //! `wasmplugin.yaml`: `spec.pluginConfig`, which Istio hands to the filter as JSON).
 
-use faas_mesh_filter::config::{Config, PolicyMode, PolicyRules};
+use faas_mesh_filter::config::Config;
 use faas_mesh_filter::plan::{Plan, PodInfo};
+use faas_mesh_filter::policy::{PolicyMode, PolicyRules};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -169,8 +170,8 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
         "rewrite           {}{local}/<rest> -> /<rest>; another function's name: {}",
         config.rewrite.prefix,
         match config.rewrite.other_function {
-            faas_mesh_filter::config::OtherFunction::Reject => "404",
-            faas_mesh_filter::config::OtherFunction::Pass => "rewritten too",
+            faas_mesh_filter::rewrite::OtherFunction::Reject => "404",
+            faas_mesh_filter::rewrite::OtherFunction::Pass => "rewritten too",
         }
     );
     let _ = writeln!(
@@ -193,10 +194,10 @@ pub fn effective_rules(config: &Config, plan: &Plan) -> String {
     };
     let owner = match (plan.tracing.w3c || plan.tracing.b3, plan.tracing.owner) {
         (false, _) => "",
-        (true, faas_mesh_filter::config::TraceOwner::Envoy) => {
+        (true, faas_mesh_filter::trace::TraceOwner::Envoy) => {
             ", bridged to Envoy's tracer's trace (tracing.owner envoy)"
         }
-        (true, faas_mesh_filter::config::TraceOwner::Filter) => {
+        (true, faas_mesh_filter::trace::TraceOwner::Filter) => {
             ", a span of the filter's own (tracing.owner filter)"
         }
     };

@@ -6,22 +6,29 @@
 //! a key that an object already has, naming its key path. It also hands every entry of one chosen
 //! object (`policy.functions`) to a callback instead of keeping it, so a sidecar can validate a
 //! policy of thousands of functions while keeping only its own: memory is proportional to what the
-//! pod needs, not to the cluster's policy. Nothing here calls the host.
+//! pod needs, not to the cluster's policy. The root object's members are shown to the sink as
+//! they are read, so the caller can act on one section (the `function` section says which
+//! entries to keep) within the same single pass. Nothing here calls the host.
 
-use crate::config::ConfigError;
+use super::error::{join, ConfigError, Step};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// What the reader calls for each entry of the streamed object: its key, its key path and its
-/// value. An error stops the reading and is what [`read`] returns.
-pub type EntrySink<'s> = dyn FnMut(&str, &str, Value) -> Result<(), ConfigError> + 's;
+/// What the reader shows while it reads. It never stops the reading: only the text itself (JSON,
+/// duplicate keys) does, so a problem the sink finds is the sink's to keep and report after.
+pub trait Sink {
+    /// A member of the root object, read whole (the streamed object's entries already gone).
+    fn member(&mut self, key: &str, value: &Value);
+    /// An entry of the streamed object: its key, its key path and its value.
+    fn entry(&mut self, key: &str, path: &str, value: Value);
+}
 
 /// Reads `input` as one JSON value. The entries of the object at key path `streamed` go to `sink`
 /// and are left out of the returned tree (the object itself stays, empty).
-pub fn read(input: &[u8], streamed: &str, sink: &mut EntrySink<'_>) -> Result<Value, ConfigError> {
+pub fn read(input: &[u8], streamed: &str, sink: &mut dyn Sink) -> Result<Value, ConfigError> {
     let reader = Reader {
         streamed,
         sink: RefCell::new(sink),
@@ -43,14 +50,14 @@ pub fn read(input: &[u8], streamed: &str, sink: &mut EntrySink<'_>) -> Result<Va
     }
 }
 
-struct Reader<'r, 's> {
+struct Reader<'r> {
     streamed: &'r str,
-    sink: RefCell<&'r mut EntrySink<'s>>,
+    sink: RefCell<&'r mut dyn Sink>,
     /// A problem with a key path, found while reading; serde's own error then only unwinds.
     problem: RefCell<Option<ConfigError>>,
 }
 
-impl Reader<'_, '_> {
+impl Reader<'_> {
     fn fail<E: de::Error>(&self, problem: ConfigError) -> E {
         let text = problem.to_string();
         *self.problem.borrow_mut() = Some(problem);
@@ -59,12 +66,12 @@ impl Reader<'_, '_> {
 }
 
 /// The value at one key path.
-struct Node<'a, 'r, 's> {
-    reader: &'a Reader<'r, 's>,
+struct Node<'a, 'r> {
+    reader: &'a Reader<'r>,
     path: String,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -72,15 +79,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_, '_> {
     }
 }
 
-fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-impl<'de> Visitor<'de> for Node<'_, '_, '_> {
+impl<'de> Visitor<'de> for Node<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,7 +123,7 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
         loop {
             let node = Node {
                 reader: self.reader,
-                path: format!("{}[{}]", self.path, items.len()),
+                path: join(&self.path, Step::Index(items.len())),
             };
             match seq.next_element_seed(node)? {
                 Some(item) => items.push(item),
@@ -135,11 +134,12 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let streamed = self.path == self.reader.streamed;
+        let root = self.path.is_empty();
         let mut object = Map::new();
         // The streamed object's values are not kept, so its keys are remembered apart.
         let mut seen = BTreeSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = child(&self.path, &key);
+            let path = join(&self.path, Step::Key(&key));
             let duplicate = if streamed {
                 !seen.insert(key.clone())
             } else {
@@ -157,11 +157,11 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
                 path: path.clone(),
             })?;
             if streamed {
-                let outcome = (self.reader.sink.borrow_mut())(&key, &path, value);
-                if let Err(problem) = outcome {
-                    return Err(self.reader.fail(problem));
-                }
+                self.reader.sink.borrow_mut().entry(&key, &path, value);
             } else {
+                if root {
+                    self.reader.sink.borrow_mut().member(&key, &value);
+                }
                 object.insert(key, value);
             }
         }
@@ -173,13 +173,26 @@ impl<'de> Visitor<'de> for Node<'_, '_, '_> {
 mod tests {
     use super::*;
 
-    fn keep_all(input: &str) -> Result<(Value, Vec<String>), ConfigError> {
-        let mut names = Vec::new();
-        let value = read(input.as_bytes(), "a.b", &mut |name, _, _| {
-            names.push(name.to_string());
-            Ok(())
-        })?;
-        Ok((value, names))
+    /// Every member and entry, as the reader shows them.
+    #[derive(Default)]
+    struct Log {
+        members: Vec<String>,
+        entries: Vec<String>,
+    }
+
+    impl Sink for Log {
+        fn member(&mut self, key: &str, _: &Value) {
+            self.members.push(key.to_string());
+        }
+        fn entry(&mut self, key: &str, path: &str, _: Value) {
+            self.entries.push(format!("{key} at {path}"));
+        }
+    }
+
+    fn keep_all(input: &str) -> Result<(Value, Log), ConfigError> {
+        let mut log = Log::default();
+        let value = read(input.as_bytes(), "a.b", &mut log)?;
+        Ok((value, log))
     }
 
     #[test]
@@ -191,7 +204,7 @@ mod tests {
             (r#"{"a":{"b":{"env":{"mode":1,"mode":2}}}}"#, "a.b.env.mode"),
             (r#"{"l":[{"k":1,"k":1}]}"#, "l[0].k"),
         ] {
-            let e = keep_all(input).expect_err(input);
+            let e = keep_all(input).err().expect(input);
             assert_eq!(e.path, path, "{input}");
             assert!(e.problem.starts_with("duplicate key"), "{input}: {e}");
         }
@@ -199,24 +212,26 @@ mod tests {
 
     #[test]
     fn streamed_entries_go_to_the_sink_and_not_into_the_tree() {
-        let (value, names) = keep_all(r#"{"a":{"b":{"f":{"m":1},"g":{}},"c":true}}"#).unwrap();
-        assert_eq!(names, ["f", "g"]);
-        assert_eq!(value, serde_json::json!({"a": {"b": {}, "c": true}}));
+        let (value, log) = keep_all(r#"{"z":1,"a":{"b":{"f":{"m":1},"g":{}},"c":true}}"#).unwrap();
+        assert_eq!(log.entries, ["f at a.b.f", "g at a.b.g"]);
+        assert_eq!(
+            value,
+            serde_json::json!({"z": 1, "a": {"b": {}, "c": true}})
+        );
     }
 
     #[test]
-    fn a_sink_error_is_the_answer() {
-        let e = read(br#"{"a":{"b":{"f":1}}}"#, "a.b", &mut |_, path, _| {
-            Err(ConfigError::new(path, "no"))
-        })
-        .unwrap_err();
-        assert_eq!(e.to_string(), "a.b.f: no");
+    fn the_roots_members_are_shown_in_order_and_nothing_deeper() {
+        let (_, log) = keep_all(r#"{"z":{"y":1},"a":{"b":{"f":{}}},"x":[{"w":2}]}"#).unwrap();
+        assert_eq!(log.members, ["z", "a", "x"]);
+        let (_, log) = keep_all(r#"[{"z":1}]"#).unwrap();
+        assert!(log.members.is_empty(), "a list at the root has no members");
     }
 
     #[test]
     fn broken_json_and_trailing_text_are_refused() {
         for input in ["{", "{} x", r#"{"a":}"#] {
-            let e = keep_all(input).unwrap_err();
+            let e = keep_all(input).err().unwrap();
             assert!(
                 e.to_string().starts_with("configuration: invalid JSON"),
                 "{e}"
