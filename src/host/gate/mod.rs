@@ -186,6 +186,7 @@ impl<H: Host> Gate<H> {
     /// `:status`; `response_flags` (Envoy's `response.flags`) is read only for a 503. Envoy's
     /// own 503 for a refused or dropped connection re-arms the gate; any other 5xx sends one
     /// probe; anything else does nothing.
+    #[inline]
     pub fn after_response(&self, status: &[u8], response_flags: impl FnOnce() -> u64) {
         let (gone, flags) = match gate::response::after_response(status, response_flags) {
             AfterResponse::Nothing => return,
