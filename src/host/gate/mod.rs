@@ -1,8 +1,8 @@
 //! The readiness gate on one worker: holds requests while the function is not ready, probes it,
 //! and releases or answers what it holds. Decisions come from [`crate::gate`]; this is the part
 //! that talks to the host (shared data, the probe call, resuming paused requests, stats), by
-//! subject: [`holding`] (admitting, holding, releasing and answering requests, the body budget),
-//! [`probe`] (the probe's lifecycle and its lease), [`pod`] (the pod-wide readiness record).
+//! subject: `holding` (admitting, holding, releasing and answering requests, the body budget),
+//! `probe` (the probe's lifecycle and its lease), `pod` (the pod-wide readiness record).
 //!
 //! The request path, once the function is ready, costs one `Cell` read ([`Gate::is_ready`]).
 //!
