@@ -492,3 +492,85 @@ fn request_vectors() {
         assert_eq!(denied, want_denied, "{name}");
     }
 }
+
+#[test]
+fn gate_probe_vectors() {
+    use faas_mesh_filter::gate::probe::{outcome, status, Asked, ProbeOutcome};
+    let v = vectors("gate.json");
+    let defaults = &v["probe"]["defaults"];
+    let cases = v["probe"]["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20);
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let why = case["why"].as_str().expect("why");
+        let get = |key: &str| case.get(key).unwrap_or(&defaults[key]);
+        let asked = Asked {
+            path: get("path").as_str().expect("path"),
+            fell_back: get("fell_back").as_bool().expect("fell_back"),
+            verify: get("verify").as_bool().expect("verify"),
+        };
+        let now = get("now_ms").as_u64().expect("now_ms");
+        let retry = get("retry_interval_ms")
+            .as_u64()
+            .expect("retry_interval_ms");
+        let read = std::cell::Cell::new(false);
+        let held_since = || {
+            read.set(true);
+            get("held_since_ms").as_u64()
+        };
+        let answer = status(case["status"].as_str().map(str::as_bytes));
+        let got = match outcome(answer, asked, now, retry, held_since) {
+            ProbeOutcome::FallBack(path) => json!({"outcome": "fall_back", "path": path}),
+            ProbeOutcome::Ready { lease_ms } => json!({"outcome": "ready", "lease_ms": lease_ms}),
+            ProbeOutcome::Failed { rearm, lease_ms } => {
+                json!({"outcome": "failed", "rearm": rearm, "lease_ms": lease_ms})
+            }
+        };
+        assert_eq!(got, case["expect"], "{why}");
+        // The held record (a shared-data read) is read only to time the next probe after a
+        // failure.
+        assert_eq!(read.get(), got["outcome"] == "failed", "{why}");
+        seen.insert(got["outcome"].as_str().unwrap().to_string());
+        if got["outcome"] == "failed" {
+            seen.insert(format!("rearm {}", got["rearm"]));
+        }
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["failed", "fall_back", "ready", "rearm false", "rearm true"],
+        "every outcome has a vector"
+    );
+}
+
+#[test]
+fn gate_response_vectors() {
+    use faas_mesh_filter::gate::response::{after_response, AfterResponse};
+    let v = vectors("gate.json");
+    let cases = v["response"]["cases"].as_array().expect("cases");
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let why = case["why"].as_str().expect("why");
+        let flags = case["flags"].as_u64().expect("flags");
+        let read = std::cell::Cell::new(false);
+        let status = case["status"].as_str().expect("status").as_bytes();
+        let verdict = after_response(status, || {
+            read.set(true);
+            flags
+        });
+        let got = match verdict {
+            AfterResponse::Nothing => "nothing",
+            AfterResponse::UpstreamGone { flags: f } => {
+                assert_eq!(f, flags, "{why}");
+                "upstream_gone"
+            }
+            AfterResponse::Check { flags: f } => {
+                assert_eq!(f, if read.get() { flags } else { 0 }, "{why}");
+                "check"
+            }
+        };
+        assert_eq!(got, case["expect"].as_str().expect("expect"), "{why}");
+        assert_eq!(read.get(), case["flags_read"] == true, "{why}: flags read");
+        seen.insert(got);
+    }
+    assert_eq!(seen.len(), 3, "every verdict has a vector");
+}

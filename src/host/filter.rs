@@ -10,7 +10,7 @@
 
 use crate::config::{Config, Keep};
 use crate::header_map;
-use crate::host::gate::{Arrival, BodyRefused, Gate, HoldState};
+use crate::host::gate::{Arrival, Gate, Hold};
 use crate::host::policy::{self as host_policy, Enforcer};
 use crate::host::{self, send_reply, Abi, Host, HostLogger, Stat};
 use crate::metrics;
@@ -288,7 +288,7 @@ struct Call {
     /// The filter answered this request itself; its reply already carries the call id.
     answered_locally: bool,
     /// Set when the readiness gate held this request.
-    hold: Option<Rc<Cell<HoldState>>>,
+    hold: Option<Hold>,
     /// This request counts against `max_inflight` until it ends.
     inflight: bool,
     /// The body has no `Content-Length` and `max_body_bytes` is set: it is held and counted
@@ -298,9 +298,7 @@ struct Call {
 
 impl Call {
     fn is_held(&self) -> bool {
-        self.hold
-            .as_ref()
-            .is_some_and(|h| matches!(h.get(), HoldState::Held | HoldState::HeldReadingBody))
+        self.hold.as_ref().is_some_and(Hold::is_held)
     }
 }
 
@@ -418,25 +416,15 @@ impl HttpContext for Call {
         }
         if let Some(gate) = self.gate.clone() {
             if !gate.is_ready() && !unheld {
-                // A body the pod could never hold is answered now, not after `max_wait_ms`.
-                let budget = plan
-                    .readiness
-                    .as_ref()
-                    .map_or(u64::MAX, |r| r.max_pending_bytes);
-                if content_length.is_some_and(|len| len > budget) {
-                    return self.answer(&plan, reply::TOO_LARGE_TO_HOLD);
-                }
-                match gate.admit(self.context_id, &self.call_id) {
+                // Released or not, the headers of such a request wait for the whole body.
+                let reads_body = self.counting_body && plan.hold_unsized_bodies && self.enforcing();
+                match gate.admit(self.context_id, &self.call_id, content_length, reads_body) {
                     Arrival::Go => {}
-                    Arrival::Held(state) => {
-                        if self.counting_body && plan.hold_unsized_bodies && self.enforcing() {
-                            // Released or not, the headers wait for the whole body.
-                            state.set(HoldState::HeldReadingBody);
-                        }
-                        self.hold = Some(state);
+                    Arrival::Held(hold) => {
+                        self.hold = Some(hold);
                         return Action::Pause;
                     }
-                    Arrival::QueueFull => return self.answer(&plan, gate.queue_full_reply()),
+                    Arrival::Refused(reply) => return self.answer(&plan, reply),
                 }
             }
         }
@@ -504,10 +492,7 @@ impl HttpContext for Call {
         let Some(plan) = self.plan.as_ref() else {
             return Action::Continue;
         };
-        let answered_by_gate = self
-            .hold
-            .as_ref()
-            .is_some_and(|h| h.get() == HoldState::Answered);
+        let answered_by_gate = self.hold.as_ref().is_some_and(Hold::answered_by_gate);
         if self.answered_locally || answered_by_gate || self.call_id.is_empty() {
             return Action::Continue;
         }
@@ -515,46 +500,31 @@ impl HttpContext for Call {
         // With the readiness gate, one read of the response headers answers both questions: did
         // the function set its duration, and is this Envoy's 503 for a function that is gone?
         // Without it, only the first; asking for one header that is absent costs far less.
-        let (has_duration, unavailable, server_error) = if self.gate.is_some() {
+        let has_duration = if let Some(gate) = &self.gate {
             let headers = host::header_map(MapType::HttpResponseHeaders).unwrap_or_default();
             let mut has_duration = false;
-            let mut unavailable = false;
-            let mut server_error = false;
+            let mut status: &[u8] = b"";
             for (name, value) in header_map::pairs(&headers) {
                 if name == b":status" {
-                    unavailable = value == b"503";
-                    server_error = crate::gate::worth_a_probe(value);
+                    status = value;
                 } else if name == names.duration.as_bytes() {
                     has_duration = true;
                 }
             }
-            (has_duration, unavailable, server_error)
+            // A 5xx re-arms the gate or sends one probe; Envoy's response flags are read only
+            // for a 503 (a refused or dropped connection: the process is gone).
+            gate.after_response(status, || {
+                host::property(b"response\0flags")
+                    .ok()
+                    .flatten()
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map_or(0, u64::from_le_bytes)
+            });
+            has_duration
         } else {
             let duration = host::header(MapType::HttpResponseHeaders, &names.duration);
-            (matches!(duration, Ok(Some(_))), false, false)
+            matches!(duration, Ok(Some(_)))
         };
-        if server_error {
-            if let Some(gate) = &self.gate {
-                // Envoy's own 503 for a refused or dropped connection: the process is gone. Any
-                // other 5xx (of-watchdog's 500 when the function's server refuses it, or the
-                // function's own error): one probe decides.
-                let flags = if unavailable {
-                    host::property(b"response\0flags")
-                        .ok()
-                        .flatten()
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                        .map_or(0, u64::from_le_bytes)
-                } else {
-                    0
-                };
-                log::debug!("call {}: 5xx with response flags {flags:#x}", self.call_id);
-                if crate::gate::upstream_gone(flags) {
-                    gate.upstream_gone();
-                } else {
-                    gate.check_after_5xx();
-                }
-            }
-        }
         let _ = host::set_header(
             MapType::HttpResponseHeaders,
             &names.call_id,
@@ -616,10 +586,8 @@ impl Call {
     /// The body is read to its end: a request the gate still holds waits for the gate as any
     /// other; one it released meanwhile goes on now (the caller's `Continue`).
     fn body_read(&self) {
-        if let Some(state) = &self.hold {
-            if state.get() == HoldState::HeldReadingBody {
-                state.set(HoldState::Held);
-            }
+        if let Some(hold) = &self.hold {
+            hold.body_read();
         }
     }
 
@@ -634,18 +602,7 @@ impl Call {
     /// pod's budget, or this is the reply when it does not fit.
     fn hold_body(&self, body_bytes: u64) -> Option<LocalReply> {
         let gate = self.gate.as_ref()?;
-        match gate.hold_body(self.context_id, body_bytes) {
-            Ok(()) => None,
-            Err(BodyRefused::TooLarge) => Some(reply::TOO_LARGE_TO_HOLD),
-            Err(BodyRefused::Full) => {
-                log::warn!(
-                    "call {}: the pod already holds its max_pending_bytes of request bodies; \
-                     answered 503",
-                    self.call_id
-                );
-                Some(reply::BYTES_FULL)
-            }
-        }
+        gate.hold_body(self.context_id, body_bytes, &self.call_id)
     }
 
     /// Answers from a body or trailers callback.
