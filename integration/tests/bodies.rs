@@ -7,7 +7,7 @@
 //! - `readiness.max_pending_bytes`: the bodies held while the function is not ready are bounded
 //!   per pod, and what does not fit is answered at once.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
@@ -21,10 +21,9 @@ fn policy(mode: &str) -> String {
 
 async fn pod(plugin_config: &str) -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(plugin_config))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(function.port()).config(plugin_config))
+            .await;
     (function, envoy)
 }
 
@@ -118,10 +117,7 @@ async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_on
     const EACH: usize = 20 * 1024;
     let port = free_port().expect("port");
     let config = format!(r#"{{"readiness": {{"max_pending_bytes": {BUDGET}}}}}"#);
-    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(config))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(EnvoyOptions::for_function(port).config(config)).await;
 
     // Larger than the whole budget: 413 at once, by Content-Length and by counting.
     let too_large = Request::new("POST", "/function/env/big").body(vec![b'x'; BUDGET + 1]);
@@ -197,10 +193,8 @@ async fn a_release_by_the_gate_waits_for_the_body_check() {
 async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port().expect("port");
-    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(policy("enforce")))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(port).config(policy("enforce"))).await;
     let mut stream = tokio::net::TcpStream::connect(envoy.addr())
         .await
         .expect("connect");
@@ -253,8 +247,7 @@ async fn the_body_budget_holds_across_a_rearm() {
     // One worker: a second one learns of the re-arm on its next slow tick and would send the
     // second wave on meanwhile (the native tests in src/host/gate.rs cover two workers).
     options.concurrency = 1;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.readiness.{name}");
     let patience = Duration::from_secs(20);

@@ -6,7 +6,7 @@
 //! Every assertion is about what a caller or the function sees, or a count; the few bounds on
 //! time are wide (seconds where the behaviour is milliseconds), so a busy 2-core machine passes.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::http::{Request, Response};
 use faas_mesh_integration::openfaas::{
     link, start_watchdog, summary, wait_for, Forwarder, FunctionServer, Gateway, GatewayOptions,
@@ -71,13 +71,7 @@ async fn pod_annotated(
         .annotations(annotations);
     options.concurrency = 2;
     options.tls = tls.map(Pki::server);
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     Pod {
         w,
         envoy,

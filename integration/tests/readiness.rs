@@ -4,7 +4,7 @@
 //! Every scenario runs with 1, 2 and 4 Envoy workers: readiness learned on one worker must reach
 //! the others, and the pod-wide `max_pending` must hold across them.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
@@ -18,13 +18,7 @@ async fn envoy_before_function(concurrency: u32, plugin_config: &str) -> (Envoy,
     let port = free_port().expect("free port");
     let mut options = EnvoyOptions::for_function(port).config(plugin_config);
     options.concurrency = concurrency;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     (envoy, port)
 }
 
@@ -358,8 +352,7 @@ async fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
     let mut options = EnvoyOptions::for_function(function.port())
         .config(r#"{"readiness": {"max_wait_ms": 120000}}"#);
     options.concurrency = 2;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let ordinary =
         tokio::spawn(async move { http::send(addr, &Request::get("/function/env/work")).await });

@@ -8,7 +8,7 @@
 //! the dead VM's slots expire with it), and `max_inflight` then admits exactly up to its limit,
 //! never more.
 
-use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
@@ -79,13 +79,7 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
     let mut options = EnvoyOptions::for_function(function.port()).config(CONFIG);
     options.concurrency = concurrency;
     options.wasm = Some(trap_wasm().expect("the test-trap module"));
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     admits_exactly_the_limit(&envoy, &function, "before").await;
 
     // Slow requests hold all slots but one; the trapping request takes the last one and traps
@@ -182,8 +176,7 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
         .config(r#"{"readiness": {"max_wait_ms": 2000, "max_pending": 2}}"#);
     options.concurrency = concurrency;
     options.wasm = Some(trap_wasm().expect("the test-trap module"));
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let mut held = JoinSet::new();
     for i in 0..2 {
