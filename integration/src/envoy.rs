@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use crate::envoy_process::ConfigOutcome;
+pub use crate::envoy_process::{filter_stat_name, policy_stat_name, ConfigOutcome};
 
 /// How to start an Envoy.
 #[derive(Debug, Clone)]
@@ -462,6 +462,35 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// One of the filter's stats for `function` (`metric` as the filter names it, e.g.
+    /// `readiness.pending`); 0 when the filter has not created it, a panic when the admin port
+    /// does not answer.
+    pub async fn filter_stat(&self, function: &str, metric: &str) -> u64 {
+        self.stat(&filter_stat_name(function, metric))
+            .await
+            .expect("stats")
+    }
+
+    /// A policy outcome of `function` with its reason (`method`, `denied`), as
+    /// [`Envoy::filter_stat`].
+    pub async fn policy_stat(&self, function: &str, reason: &str, outcome: &str) -> u64 {
+        self.stat(&policy_stat_name(function, reason, outcome))
+            .await
+            .expect("stats")
+    }
+
+    /// Waits until one of the filter's stats satisfies `done`, as [`Envoy::wait_for_stat`].
+    pub async fn wait_for_filter_stat(
+        &self,
+        function: &str,
+        metric: &str,
+        limit: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> u64 {
+        self.wait_for_stat(&filter_stat_name(function, metric), limit, done)
+            .await
     }
 
     /// The name of one of the filter's extension-config-discovery counters

@@ -237,6 +237,25 @@ impl EnvoyProcess {
     }
 }
 
+/// Envoy's name for one of the filter's stats for `function` (`metric` as the filter names it,
+/// e.g. `readiness.pending`): the filter's own [`faas_mesh_filter::metrics::name`] under
+/// `wasmcustom.`, where Envoy shows a Wasm module's stats.
+pub fn filter_stat_name(function: &str, metric: &str) -> String {
+    format!(
+        "wasmcustom.{}",
+        faas_mesh_filter::metrics::name(function, metric)
+    )
+}
+
+/// Envoy's name for a policy outcome with its reason (`method`, `denied`), from the filter's own
+/// [`faas_mesh_filter::metrics::policy_reason`].
+pub fn policy_stat_name(function: &str, reason: &str, outcome: &str) -> String {
+    format!(
+        "wasmcustom.{}",
+        faas_mesh_filter::metrics::policy_reason(function, reason, outcome)
+    )
+}
+
 /// The name of one of `filter`'s extension-config-discovery counters
 /// (`update_success`, `update_rejected`, `config_fail`, ...).
 pub fn ecds_stat(filter: &str, counter: &str) -> String {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 const OPERATOR: &str =
     r#"{"policy": {"default": {"methods": ["GET", "POST"], "max_body_bytes": 1000}}}"#;
-const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.annotations.";
 
 async fn pod(annotations: &[(&str, &str)]) -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
@@ -47,7 +46,7 @@ async fn narrowing_annotations_are_enforced() {
     );
     assert_eq!(function.calls(), 1);
     let applied = envoy
-        .wait_for_stat(&format!("{STAT}applied"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.applied", Duration::from_secs(10), |v| {
             v >= 2
         })
         .await;
@@ -77,7 +76,7 @@ async fn widening_malformed_and_mode_annotations_never_loosen_anything() {
     assert_eq!(status(&envoy, "POST", 1000).await, 200);
     assert_eq!(function.calls(), 2);
     let refused = envoy
-        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.refused", Duration::from_secs(10), |v| {
             v >= 5
         })
         .await;
@@ -112,7 +111,7 @@ async fn a_bad_readiness_path_annotation_is_refused_and_the_default_stays() {
     .await;
     assert_eq!(envoy.get("/function/env/x").await.status, 200);
     let refused = envoy
-        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.refused", Duration::from_secs(10), |v| {
             v >= 1
         })
         .await;

@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 
 const MAX_INFLIGHT: u64 = 3;
 const CONFIG: &str = r#"{"policy": {"default": {"max_inflight": 3}}}"#;
-const INFLIGHT: &str = "wasmcustom.faas_mesh_filter.function.env.policy.inflight";
 const TRAP_HEADER: &str = "x-faas-mesh-test-trap";
 /// How long a test waits for something it polls for (a loaded 2-core CI machine is slow).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -67,7 +66,9 @@ async fn admits_exactly_the_limit(envoy: &Envoy, function: &StandInFunction, tag
     // The callers give up: their slots come back.
     held.abort_all();
     while held.join_next().await.is_some() {}
-    envoy.wait_for_stat(INFLIGHT, PATIENCE, |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat("env", "policy.inflight", PATIENCE, |v| v == 0)
+        .await;
     until("the function seeing its callers go", || {
         function.active() == 0
     })
@@ -158,7 +159,9 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
         function.active() == 0
     })
     .await;
-    envoy.wait_for_stat(INFLIGHT, PATIENCE, |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat("env", "policy.inflight", PATIENCE, |v| v == 0)
+        .await;
     admits_exactly_the_limit(&envoy, &function, "after").await;
     // And again: nothing drifted.
     admits_exactly_the_limit(&envoy, &function, "again").await;
@@ -184,11 +187,7 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
         held.spawn(async move { http::send(addr, &request).await });
     }
     envoy
-        .wait_for_stat(
-            "wasmcustom.faas_mesh_filter.function.env.readiness.pending",
-            PATIENCE,
-            |v| v == 2,
-        )
+        .wait_for_filter_stat("env", "readiness.pending", PATIENCE, |v| v == 2)
         .await;
     // With two workers the trap may hit the other VM: then the held calls' own VM answers
     // them at max_wait_ms, which is fine too; the single-worker case is the one that bites.
