@@ -16,21 +16,10 @@ use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// How long Envoy may take to start, or to apply a pushed configuration (V8 compiles the module
-/// on each worker; a loaded 2-core CI machine is slow).
-const STARTUP_LIMIT: Duration = Duration::from_secs(60);
-
-/// What Envoy did with a plugin configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigOutcome {
-    /// The plugin started with it (the ECDS counter `update_success` went up).
-    Accepted,
-    /// The plugin refused it (`update_rejected` went up); the previous one, if any, stays.
-    Rejected,
-}
+pub use crate::envoy_process::{filter_stat_name, policy_stat_name, ConfigOutcome};
 
 /// How to start an Envoy.
 #[derive(Debug, Clone)]
@@ -272,43 +261,71 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
     entries
 }
 
-impl Envoy {
-    /// Starts Envoy and waits until it listens and has tried the plugin configuration once
-    /// (see [`Envoy::initial_config`] for the outcome).
-    pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
-        let binary = envoy_binary()?;
-        let wasm = match &options.wasm {
+/// What `EnvoyOptions` render into a folder: the bootstrap, and the ECDS file it names.
+struct Rendered {
+    patches: Patches,
+    wasm: PathBuf,
+    failure_policy: Option<String>,
+    ecds_path: PathBuf,
+    bootstrap: Value,
+}
+
+impl EnvoyOptions {
+    /// The bootstrap Envoy runs for these options, as YAML: built from the shipped manifest's
+    /// patches (what the tests run, so a benchmark on it measures what ships). Writes the ECDS
+    /// file the bootstrap names (`extension-config.json`, with the module and the plugin
+    /// configuration) into `dir`, which must outlive the Envoy started on it. HCM tracing, if
+    /// set, is left out (it needs the test's collector).
+    pub fn bootstrap_yaml(&self, dir: &Path) -> io::Result<String> {
+        let rendered = self.render(dir, None)?;
+        serde_yaml::to_string(&rendered.bootstrap).map_err(io::Error::other)
+    }
+
+    fn render(&self, dir: &Path, collector_port: Option<u16>) -> io::Result<Rendered> {
+        let wasm = match &self.wasm {
             Some(path) => path.clone(),
             None => filter_wasm()?,
         };
-        let failure_policy = if options.fail_open {
+        let failure_policy = if self.fail_open {
             Some("FAIL_OPEN".to_string())
         } else {
-            options.failure_policy.clone()
+            self.failure_policy.clone()
         };
-        let patches = match &options.manifest {
+        let patches = match &self.manifest {
             Some(path) => Patches::load(path),
             None => Patches::from_repository(),
         }
         .map_err(io::Error::other)?;
-        let dir = tempfile::Builder::new()
-            .prefix("faas-mesh-envoy-")
-            .tempdir()?;
-        let ecds_path = dir.path().join("extension-config.json");
-        let admin_file = dir.path().join("admin-address");
-        let bootstrap_path = dir.path().join("bootstrap.json");
-
+        let ecds_path = dir.join("extension-config.json");
         write_atomically(
             &ecds_path,
             &ecds_document(
                 &patches,
                 &wasm,
-                &options.plugin_config,
+                &self.plugin_config,
                 1,
                 failure_policy.as_deref(),
             ),
         )?;
         let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
+        let bootstrap = bootstrap(self, &patches, &ecds_path, stats_tags, collector_port);
+        Ok(Rendered {
+            patches,
+            wasm,
+            failure_policy,
+            ecds_path,
+            bootstrap,
+        })
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it listens and has tried the plugin configuration once
+    /// (see [`Envoy::initial_config`] for the outcome).
+    pub async fn start(options: EnvoyOptions) -> io::Result<Envoy> {
+        let dir = tempfile::Builder::new()
+            .prefix("faas-mesh-envoy-")
+            .tempdir()?;
         let collector = match options.hcm_tracing {
             Some(_) => Some(std::net::TcpListener::bind("127.0.0.1:0")?),
             None => None,
@@ -317,48 +334,51 @@ impl Envoy {
             Some(listener) => Some(listener.local_addr()?.port()),
             None => None,
         };
-        let bootstrap = bootstrap(&options, &patches, &ecds_path, stats_tags, collector_port);
-        std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
-
-        let output = std::fs::File::create(dir.path().join("stdout-stderr.log"))?;
-        let mut command = Command::new(&binary);
-        command
-            .arg("--config-path")
-            .arg(&bootstrap_path)
-            .arg("--disable-hot-restart")
-            .arg("--concurrency")
-            .arg(options.concurrency.to_string())
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .arg("--log-path")
-            .arg(dir.path().join("envoy.log"))
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
-            // Flush the log often, so a test reads what the filter just logged.
-            .args(["--file-flush-interval-msec", "20"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output);
-        crate::dies_with_the_test(&mut command);
-        let child = command
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;
-
-        let mut envoy = Envoy {
-            process: EnvoyProcess::new(child, dir),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let Rendered {
+            patches,
+            wasm,
+            failure_policy,
+            ecds_path,
+            bootstrap,
+        } = options.render(dir.path(), collector_port)?;
+        let mut process = EnvoyProcess::start(dir, &bootstrap, options.concurrency).await?;
+        let listener = process
+            .wait_for_listener("its listener", |listeners| {
+                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
+                    .as_u64()
+                    .unwrap_or(0);
+                (port != 0).then(|| SocketAddr::from(([127, 0, 0, 1], port as u16)))
+            })
+            .await?;
+        let initial = process
+            .wait_for_config_outcome(&patches.filter_name(), (0, 0))
+            .await?;
+        Ok(Envoy {
+            admin: process.admin(),
+            process,
+            listener,
             patches,
             ecds_path,
             wasm,
             version: 1,
-            initial: ConfigOutcome::Rejected,
+            initial,
             failure_policy,
             _collector: collector,
-        };
-        envoy.admin = envoy.wait_for_admin(&admin_file).await?;
-        envoy.listener = envoy.wait_for_listener().await?;
-        envoy.initial = envoy.wait_for_config_outcome((0, 0)).await?;
-        Ok(envoy)
+        })
+    }
+
+    /// Starts Envoy and asserts it accepted the plugin configuration (panics with its log
+    /// otherwise): how a test gets a working pod.
+    pub async fn start_accepted(options: EnvoyOptions) -> Envoy {
+        let envoy = Envoy::start(options).await.expect("Envoy");
+        assert_eq!(
+            envoy.initial_config(),
+            ConfigOutcome::Accepted,
+            "{}",
+            envoy.log()
+        );
+        envoy
     }
 
     /// The listener (the sidecar's inbound port).
@@ -404,26 +424,12 @@ impl Envoy {
 
     /// Every counter and gauge, by name.
     pub async fn stats(&self) -> io::Result<Vec<(String, u64)>> {
-        let response = http::send(self.admin, &Request::get("/stats")).await?;
-        Ok(response
-            .text()
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect())
+        self.process.stats().await
     }
 
     /// One counter or gauge; 0 when Envoy has not created it.
     pub async fn stat(&self, name: &str) -> io::Result<u64> {
-        Ok(self
-            .stats()
-            .await?
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .unwrap_or(0))
+        self.process.stat(name).await
     }
 
     /// Waits until a stat satisfies `done` (or panics after `limit`, showing its last value).
@@ -458,13 +464,39 @@ impl Envoy {
         }
     }
 
+    /// One of the filter's stats for `function` (`metric` as the filter names it, e.g.
+    /// `readiness.pending`); 0 when the filter has not created it, a panic when the admin port
+    /// does not answer.
+    pub async fn filter_stat(&self, function: &str, metric: &str) -> u64 {
+        self.stat(&filter_stat_name(function, metric))
+            .await
+            .expect("stats")
+    }
+
+    /// A policy outcome of `function` with its reason (`method`, `denied`), as
+    /// [`Envoy::filter_stat`].
+    pub async fn policy_stat(&self, function: &str, reason: &str, outcome: &str) -> u64 {
+        self.stat(&policy_stat_name(function, reason, outcome))
+            .await
+            .expect("stats")
+    }
+
+    /// Waits until one of the filter's stats satisfies `done`, as [`Envoy::wait_for_stat`].
+    pub async fn wait_for_filter_stat(
+        &self,
+        function: &str,
+        metric: &str,
+        limit: Duration,
+        done: impl Fn(u64) -> bool,
+    ) -> u64 {
+        self.wait_for_stat(&filter_stat_name(function, metric), limit, done)
+            .await
+    }
+
     /// The name of one of the filter's extension-config-discovery counters
     /// (`update_success`, `update_rejected`, `config_fail`, ...).
     pub fn ecds_stat(&self, counter: &str) -> String {
-        format!(
-            "extension_config_discovery.http_filter.{}.{counter}",
-            self.filter_name()
-        )
+        crate::envoy_process::ecds_stat(&self.filter_name(), counter)
     }
 
     /// Pushes a new plugin configuration, as istiod would after `kubectl apply`, and waits for
@@ -476,7 +508,8 @@ impl Envoy {
 
     /// Pushes a plugin configuration together with a module (a new version of the filter).
     pub async fn push(&mut self, plugin_config: &str, wasm: &Path) -> io::Result<ConfigOutcome> {
-        let before = self.config_counters().await?;
+        let filter = self.filter_name();
+        let before = self.process.ecds_counters(&filter).await?;
         self.version += 1;
         self.wasm = wasm.to_path_buf();
         write_atomically(
@@ -489,7 +522,7 @@ impl Envoy {
                 self.failure_policy.as_deref(),
             ),
         )?;
-        self.wait_for_config_outcome(before).await
+        self.process.wait_for_config_outcome(&filter, before).await
     }
 
     /// Envoy's process id (for its memory use).
@@ -508,77 +541,6 @@ impl Envoy {
                     .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             })
             .unwrap_or(0)
-    }
-
-    async fn config_counters(&self) -> io::Result<(u64, u64)> {
-        let stats = self.stats().await?;
-        let get = |counter: &str| {
-            let name = self.ecds_stat(counter);
-            stats
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| *v)
-                .unwrap_or(0)
-        };
-        Ok((get("update_success"), get("update_rejected")))
-    }
-
-    async fn wait_for_config_outcome(&mut self, before: (u64, u64)) -> io::Result<ConfigOutcome> {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            self.process.check_running()?;
-            let (success, rejected) = self.config_counters().await?;
-            if rejected > before.1 {
-                return Ok(ConfigOutcome::Rejected);
-            }
-            if success > before.0 {
-                return Ok(ConfigOutcome::Accepted);
-            }
-            if Instant::now() > deadline {
-                return Err(self
-                    .process
-                    .failure("the plugin configuration was neither accepted nor rejected"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_for_admin(&mut self, admin_file: &Path) -> io::Result<SocketAddr> {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            self.process.check_running()?;
-            if let Ok(text) = std::fs::read_to_string(admin_file) {
-                if let Ok(addr) = text.trim().parse() {
-                    return Ok(addr);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(self.process.failure("Envoy did not open its admin port"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_for_listener(&mut self) -> io::Result<SocketAddr> {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            self.process.check_running()?;
-            let response = http::send(self.admin, &Request::get("/listeners?format=json")).await?;
-            if response.status == 200 {
-                let listeners: Value = serde_json::from_slice(&response.body)?;
-                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                    ["port_value"]
-                    .as_u64()
-                    .unwrap_or(0);
-                if port != 0 {
-                    return Ok(SocketAddr::from(([127, 0, 0, 1], port as u16)));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(self.process.failure("Envoy did not open its listener"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 

@@ -27,14 +27,12 @@
 //! stats inclusion list gets what an operator's `proxyStatsMatcher` adds; the dump's AuthorizationPolicy (its principals need Istio's
 //! authn state) is replaced by one of the test's, at the same place in the chain.
 
-use crate::envoy_process::EnvoyProcess;
+use crate::envoy_process::{ConfigOutcome, EnvoyProcess};
 use crate::http::{self, Request, Response};
 use serde_json::{json, Value};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The HTTP and network filters upstream Envoy lacks; removed before running, nothing else.
 pub const ISTIO_ONLY_FILTERS: [&str; 3] = ["istio_authn", "istio.metadata_exchange", "istio.stats"];
@@ -45,7 +43,6 @@ pub const FUNCTION_PORT: u16 = 8080;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// The Istio release whose naming is emulated (the filter chain order is the same in both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -740,30 +737,18 @@ impl Sidecar {
         all.extend(clusters);
         statics["clusters"] = Value::Array(all);
 
-        let bootstrap_path = dir.path().join("bootstrap.json");
-        std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(&bootstrap)?)?;
-        let admin_file = dir.path().join("admin-address");
-        let output = std::fs::File::create(dir.path().join("stdout-stderr.log"))?;
-        let mut command = Command::new(crate::envoy::envoy_binary()?);
-        command
-            .arg("--config-path")
-            .arg(&bootstrap_path)
-            .args(["--disable-hot-restart", "--concurrency"])
-            .arg(options.concurrency.to_string())
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .arg("--log-path")
-            .arg(dir.path().join("envoy.log"))
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
-            .args(["--file-flush-interval-msec", "20"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output);
-        crate::dies_with_the_test(&mut command);
-        let child = command.spawn()?;
-        let mut sidecar = Sidecar {
-            process: EnvoyProcess::new(child, dir),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let mut process = EnvoyProcess::start(dir, &bootstrap, options.concurrency).await?;
+        process
+            .wait_for_listener("virtualInbound", |listeners| {
+                listeners
+                    .to_string()
+                    .contains("virtualInbound")
+                    .then_some(())
+            })
+            .await?;
+        Ok(Sidecar {
+            admin: process.admin(),
+            process,
             declared: SocketAddr::from(([127, 0, 0, 1], declared_port)),
             undeclared: SocketAddr::from(([127, 0, 0, 1], undeclared_port)),
             removed,
@@ -771,65 +756,13 @@ impl Sidecar {
             ecds_paths,
             version: 1,
             lds_path,
-        };
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            sidecar.process.check_running()?;
-            if let Some(addr) = std::fs::read_to_string(&admin_file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                sidecar.admin = addr;
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(sidecar.process.failure("Envoy did not open its admin port"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        loop {
-            sidecar.process.check_running()?;
-            let listeners =
-                http::send(sidecar.admin, &Request::get("/listeners?format=json")).await?;
-            if listeners.status == 200 && listeners.text().contains("virtualInbound") {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(sidecar.process.failure("Envoy did not open virtualInbound"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(sidecar)
+        })
     }
 
     /// Waits until one of the ECDS counters of `filter` moves: `Ok(true)` for `update_success`,
     /// `Ok(false)` for `update_rejected` or `update_failure`.
     pub async fn ecds_outcome(&mut self, filter: &str) -> io::Result<bool> {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        let prefix = format!("extension_config_discovery.http_filter.{filter}.");
-        loop {
-            self.process.check_running()?;
-            let stats = self.stats().await?;
-            let get = |c: &str| {
-                stats
-                    .iter()
-                    .find(|(n, _)| *n == format!("{prefix}{c}"))
-                    .map(|(_, v)| *v)
-                    .unwrap_or(0)
-            };
-            if get("update_success") > 0 {
-                return Ok(true);
-            }
-            if get("update_rejected") > 0 || get("update_failure") > 0 {
-                return Ok(false);
-            }
-            if Instant::now() > deadline {
-                return Err(self
-                    .process
-                    .failure(&format!("no ECDS outcome for {filter}")));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Ok(self.process.wait_for_config_outcome(filter, (0, 0)).await? == ConfigOutcome::Accepted)
     }
 
     pub async fn send(&self, request: &Request) -> io::Result<Response> {
@@ -915,25 +848,11 @@ impl Sidecar {
 
     /// Every counter and gauge, by name.
     pub async fn stats(&self) -> io::Result<Vec<(String, u64)>> {
-        let response = http::send(self.admin, &Request::get("/stats")).await?;
-        Ok(response
-            .text()
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect())
+        self.process.stats().await
     }
 
     pub async fn stat(&self, name: &str) -> u64 {
-        self.stats()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .unwrap_or(0)
+        self.process.stat(name).await.unwrap_or(0)
     }
 
     /// The listener as Envoy runs it (`/config_dump`), to check where the filter landed.

@@ -8,6 +8,7 @@
 //! - [`http`]: a small HTTP/1.1 client that sends exactly the bytes a test asks for (duplicate
 //!   headers, odd request targets), and an HTTP/2 (prior knowledge) client;
 //! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities;
+//! - [`server`]: the one HTTP/1.1 server loop every in-test server runs, with its handler;
 //! - [`openfaas`]: the real of-watchdog and gateway, in network namespaces the test creates.
 
 pub mod envoy;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod istio;
 pub mod manifest;
 pub mod openfaas;
+pub mod server;
 pub mod stand_in;
 pub mod tls;
 

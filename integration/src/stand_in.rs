@@ -10,10 +10,11 @@
 //! `x-stand-in-status: <code>`, `x-stand-in-sleep-ms: <ms>`, and `x-stand-in-duration: <s>`
 //! (the function sets `X-Duration-Seconds` itself, as the watchdog does).
 
+use crate::server::{reply, serve};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::io;
@@ -61,7 +62,7 @@ impl StandInFunction {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let task = tokio::spawn(serve(listener, state.clone()));
+        let task = tokio::spawn(serve(listener, state.clone(), handle));
         Ok(StandInFunction { addr, state, task })
     }
 
@@ -133,34 +134,6 @@ impl Drop for StandInFunction {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
-    }
-}
-
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert("content-type", value);
-    }
-    response
 }
 
 async fn handle(

@@ -1,25 +1,22 @@
 //! Policy a function declares in its own annotations (its `stack.yml`), which Istio puts in the
 //! sidecar's node metadata: it may only narrow what the operator's configuration allows.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::http::Request;
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::Duration;
 
 const OPERATOR: &str =
     r#"{"policy": {"default": {"methods": ["GET", "POST"], "max_body_bytes": 1000}}}"#;
-const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.annotations.";
 
 async fn pod(annotations: &[(&str, &str)]) -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(
+    let envoy = Envoy::start_accepted(
         EnvoyOptions::for_function(function.port())
             .config(OPERATOR)
             .annotations(annotations),
     )
-    .await
-    .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    .await;
     (function, envoy)
 }
 
@@ -49,7 +46,7 @@ async fn narrowing_annotations_are_enforced() {
     );
     assert_eq!(function.calls(), 1);
     let applied = envoy
-        .wait_for_stat(&format!("{STAT}applied"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.applied", Duration::from_secs(10), |v| {
             v >= 2
         })
         .await;
@@ -79,7 +76,7 @@ async fn widening_malformed_and_mode_annotations_never_loosen_anything() {
     assert_eq!(status(&envoy, "POST", 1000).await, 200);
     assert_eq!(function.calls(), 2);
     let refused = envoy
-        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.refused", Duration::from_secs(10), |v| {
             v >= 5
         })
         .await;
@@ -106,17 +103,15 @@ async fn widening_malformed_and_mode_annotations_never_loosen_anything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_readiness_path_annotation_is_refused_and_the_default_stays() {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(
+    let envoy = Envoy::start_accepted(
         EnvoyOptions::for_function(function.port())
             .config("{}")
             .annotations(&[("com.openfaas.ready.http.path", "ready now")]),
     )
-    .await
-    .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    .await;
     assert_eq!(envoy.get("/function/env/x").await.status, 200);
     let refused = envoy
-        .wait_for_stat(&format!("{STAT}refused"), Duration::from_secs(10), |v| {
+        .wait_for_filter_stat("env", "annotations.refused", Duration::from_secs(10), |v| {
             v >= 1
         })
         .await;
@@ -137,14 +132,12 @@ async fn a_bad_readiness_path_annotation_is_refused_and_the_default_stays() {
 async fn the_readiness_path_annotation_is_what_the_gate_probes() {
     let function = StandInFunction::start().await.expect("function");
     function.set_healthy(false);
-    let envoy = Envoy::start(
+    let envoy = Envoy::start_accepted(
         EnvoyOptions::for_function(function.port())
             .config(r#"{"readiness": {"path": "/_/health", "max_wait_ms": 60000}}"#)
             .annotations(&[("com.openfaas.ready.http.path", "/custom/ready")]),
     )
-    .await
-    .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    .await;
     let response = tokio::time::timeout(Duration::from_secs(20), envoy.get("/function/env/x"))
         .await
         .expect("served once the annotated path answers, not held");

@@ -7,7 +7,7 @@
 //! - `readiness.max_pending_bytes`: the bodies held while the function is not ready are bounded
 //!   per pod, and what does not fit is answered at once.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{policy_stat_name, Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
@@ -21,10 +21,9 @@ fn policy(mode: &str) -> String {
 
 async fn pod(plugin_config: &str) -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(plugin_config))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(function.port()).config(plugin_config))
+            .await;
     (function, envoy)
 }
 
@@ -101,7 +100,7 @@ async fn in_audit_mode_an_unsized_body_over_the_limit_passes_and_is_counted() {
     assert_eq!(function.calls(), 1);
     let audited = envoy
         .wait_for_stat(
-            "wasmcustom.faas_mesh_filter.function.env.policy.reason.body_size.audited",
+            &policy_stat_name("env", "body_size", "audited"),
             Duration::from_secs(10),
             |v| v >= 1,
         )
@@ -118,10 +117,7 @@ async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_on
     const EACH: usize = 20 * 1024;
     let port = free_port().expect("port");
     let config = format!(r#"{{"readiness": {{"max_pending_bytes": {BUDGET}}}}}"#);
-    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(config))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(EnvoyOptions::for_function(port).config(config)).await;
 
     // Larger than the whole budget: 413 at once, by Content-Length and by counting.
     let too_large = Request::new("POST", "/function/env/big").body(vec![b'x'; BUDGET + 1]);
@@ -165,11 +161,9 @@ async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_on
         assert_eq!(body["call_id"], call_id.as_str());
     }
     let pending = envoy
-        .wait_for_stat(
-            "wasmcustom.faas_mesh_filter.function.env.readiness.pending",
-            Duration::from_secs(10),
-            |v| v == held_fits as u64,
-        )
+        .wait_for_filter_stat("env", "readiness.pending", Duration::from_secs(10), |v| {
+            v == held_fits as u64
+        })
         .await;
     assert_eq!(pending, held_fits as u64);
 
@@ -197,10 +191,8 @@ async fn a_release_by_the_gate_waits_for_the_body_check() {
 async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = free_port().expect("port");
-    let envoy = Envoy::start(EnvoyOptions::for_function(port).config(policy("enforce")))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(port).config(policy("enforce"))).await;
     let mut stream = tokio::net::TcpStream::connect(envoy.addr())
         .await
         .expect("connect");
@@ -213,13 +205,16 @@ async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
         .expect("write");
     // Held: the function is down. Then it comes up and the gate releases the request while its
     // body is still arriving.
-    let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.readiness.{name}");
     envoy
-        .wait_for_stat(&stat("pending"), Duration::from_secs(10), |v| v >= 1)
+        .wait_for_filter_stat("env", "readiness.pending", Duration::from_secs(10), |v| {
+            v >= 1
+        })
         .await;
     let function = StandInFunction::start_on(port).await.expect("function");
     let released = envoy
-        .wait_for_stat(&stat("released"), Duration::from_secs(10), |v| v >= 1)
+        .wait_for_filter_stat("env", "readiness.released", Duration::from_secs(10), |v| {
+            v >= 1
+        })
         .await;
     assert_eq!(released, 1);
     assert_eq!(function.calls(), 0, "released before its body was read");
@@ -253,10 +248,8 @@ async fn the_body_budget_holds_across_a_rearm() {
     // One worker: a second one learns of the re-arm on its next slow tick and would send the
     // second wave on meanwhile (the native tests in src/host/gate.rs cover two workers).
     options.concurrency = 1;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
-    let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.readiness.{name}");
     let patience = Duration::from_secs(20);
     let post = |tag: &str, i: usize, sleep_ms: u64| {
         Request::new("POST", &format!("/function/env/{tag}/{i}"))
@@ -270,11 +263,11 @@ async fn the_body_budget_holds_across_a_rearm() {
         first.spawn(async move { http::send(addr, &request).await });
     }
     envoy
-        .wait_for_stat(&stat("pending"), patience, |v| v == 3)
+        .wait_for_filter_stat("env", "readiness.pending", patience, |v| v == 3)
         .await;
     function.set_healthy(true);
     envoy
-        .wait_for_stat(&stat("released"), patience, |v| v == 3)
+        .wait_for_filter_stat("env", "readiness.released", patience, |v| v == 3)
         .await;
     // They run; the function fails meanwhile: the gate re-arms.
     function.set_healthy(false);
@@ -284,7 +277,7 @@ async fn the_body_budget_holds_across_a_rearm() {
         .expect("response");
     assert_eq!(failed.status, 500);
     envoy
-        .wait_for_stat(&stat("ready"), patience, |v| v == 0)
+        .wait_for_filter_stat("env", "readiness.ready", patience, |v| v == 0)
         .await;
 
     let mut second = tokio::task::JoinSet::new();
@@ -293,7 +286,7 @@ async fn the_body_budget_holds_across_a_rearm() {
         second.spawn(async move { http::send(addr, &request).await });
     }
     envoy
-        .wait_for_stat(&stat("pending"), patience, |v| v == 3)
+        .wait_for_filter_stat("env", "readiness.pending", patience, |v| v == 3)
         .await;
     while let Some(done) = first.join_next().await {
         let response = done.expect("task").expect("response");

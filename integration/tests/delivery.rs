@@ -41,13 +41,7 @@ async fn the_manifest_rendered_from_a_policy_file_is_the_one_that_runs() {
     let options =
         EnvoyOptions::from_manifest(&dir.path().join("envoyfilter.yaml"), function.port())
             .expect("manifest");
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     // env's entry in the sample policy allows GET and POST only.
     assert_eq!(envoy.get("/function/env/x").await.status, 200);
     let response = envoy
@@ -242,13 +236,7 @@ async fn the_bundles_manifests_run_as_they_are_and_its_checker_speaks_for_the_si
         EnvoyOptions::from_manifest(&manifests.join("envoyfilter.yaml"), function.port())
             .expect("the bundle's EnvoyFilter");
     options.wasm = Some(wasm_path);
-    let mut envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let mut envoy = Envoy::start_accepted(options).await;
     let response = envoy.get("/function/env/a?x=1").await;
     assert_eq!(response.status, 200);
     assert!(response.header("x-call-id").is_some());

@@ -8,8 +8,6 @@ use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.readiness.";
-
 fn assert_not_ready(response: &Response) {
     assert_eq!(response.status, 503, "{}", response.text());
     assert_eq!(response.json()["error"], "function not ready");
@@ -48,8 +46,9 @@ async fn a_watchdog_answering_500_or_hanging_is_not_ready() {
     // Probes go on while the function is not ready; how many fit in the 400 ms depends on the
     // machine's load, so the test waits (bounded) for a second one instead of counting.
     envoy
-        .wait_for_stat(
-            &format!("{STAT}probes_failed"),
+        .wait_for_filter_stat(
+            "env",
+            "readiness.probes_failed",
             Duration::from_secs(60),
             |v| v >= 2,
         )
@@ -68,8 +67,9 @@ async fn a_watchdog_answering_500_or_hanging_is_not_ready() {
     assert!(started.elapsed() >= Duration::from_millis(1000));
     // Hung probes time out and are retried, one at a time.
     envoy
-        .wait_for_stat(
-            &format!("{STAT}probes_failed"),
+        .wait_for_filter_stat(
+            "env",
+            "readiness.probes_failed",
             Duration::from_secs(60),
             |v| v >= 2,
         )

@@ -5,6 +5,7 @@
 //! when it ends, so tests run in parallel.
 
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy_process::EnvoyProcess;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use serde_json::Value;
@@ -150,6 +151,44 @@ async fn a_call_to_the_local_function_is_rewritten_and_stamped() {
 /// The rewrite vectors of the unit tests, sent through Envoy. Istio's inbound settings
 /// (normalize_path, merge_slashes off, escaped slashes kept) run before the filter; where they
 /// change a path, the vector says what the function gets through Envoy (`envoy`).
+/// The bootstrap text other tools (the benchmark) take from the harness is the one the tests run:
+/// Envoy started on it alone accepts the plugin configuration and rewrites a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_bootstrap_runs_on_its_own() {
+    let function = StandInFunction::start().await.expect("stand-in function");
+    let dir = tempfile::tempdir().expect("folder");
+    let yaml = EnvoyOptions::for_function(function.port())
+        .bootstrap_yaml(dir.path())
+        .expect("bootstrap");
+    let bootstrap: Value = serde_yaml::from_str(&yaml).expect("YAML");
+    let patches = faas_mesh_integration::manifest::Patches::from_repository().expect("manifest");
+    let mut envoy = EnvoyProcess::start(dir, &bootstrap, 2)
+        .await
+        .expect("Envoy");
+    let port = envoy
+        .wait_for_listener("its listener", |listeners| {
+            listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .filter(|port| *port != 0)
+        })
+        .await
+        .expect("listener");
+    assert_eq!(
+        envoy
+            .wait_for_config_outcome(&patches.filter_name(), (0, 0))
+            .await
+            .expect("an outcome"),
+        ConfigOutcome::Accepted,
+        "{}",
+        envoy.log()
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port as u16));
+    let response = http::send(addr, &Request::get("/function/env/a/b?x=1"))
+        .await
+        .expect("response");
+    assert_eq!(echo(&response)["path"], "/a/b?x=1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rewrite_vector_holds_through_envoy() {
     let vectors: Value = serde_json::from_str(

@@ -1,7 +1,7 @@
 //! Hostile requests through a real Envoy: each gets a defined outcome (passed clean, rewritten, or
 //! a clear 4xx), never a crash, a 5xx or a way around the policy.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 
@@ -11,10 +11,8 @@ const POLICY: &str =
 
 async fn pod() -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(POLICY))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(function.port()).config(POLICY)).await;
     (function, envoy)
 }
 

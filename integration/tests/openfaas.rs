@@ -6,7 +6,7 @@
 //! Every assertion is about what a caller or the function sees, or a count; the few bounds on
 //! time are wide (seconds where the behaviour is milliseconds), so a busy 2-core machine passes.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::http::{Request, Response};
 use faas_mesh_integration::openfaas::{
     link, start_watchdog, summary, wait_for, Forwarder, FunctionServer, Gateway, GatewayOptions,
@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.readiness.";
+/// How long a test waits for a stat of the filter (a loaded machine).
+const STAT_LIMIT: Duration = Duration::from_secs(30);
 /// Where the function's own server listens inside the watchdog's namespace, and its ready path.
 const FUNCTION_PORT: u16 = 5000;
 const READY_PATH: &str = "/ready";
@@ -71,13 +72,7 @@ async fn pod_annotated(
         .annotations(annotations);
     options.concurrency = 2;
     options.tls = tls.map(Pki::server);
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     Pod {
         w,
         envoy,
@@ -141,16 +136,6 @@ async fn stage_annotated(
     }
 }
 
-async fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat(&format!("{STAT}{name}")).await.expect("stats")
-}
-
-async fn wait_stat(envoy: &Envoy, name: &str, done: impl Fn(u64) -> bool) -> u64 {
-    envoy
-        .wait_for_stat(&format!("{STAT}{name}"), Duration::from_secs(30), done)
-        .await
-}
-
 fn echo_of(response: &Response) -> serde_json::Value {
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()
@@ -181,7 +166,9 @@ async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gatew
         .expect("scale-up");
     let _watchdog = http_watchdog(&stage.pod.w);
     let envoy = &stage.pod.envoy;
-    wait_stat(envoy, "pending", |v| v == 20).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 20)
+        .await;
     // What the old default (/_/health) looked at says ready, and all 20 are still held.
     wait_for(
         &stage.pod.w,
@@ -193,8 +180,8 @@ async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gatew
     .await
     .expect("the watchdog is up");
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(stat(envoy, "pending").await, 20);
-    assert_eq!(stat(envoy, "released").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.pending").await, 20);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 0);
     let function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
 
     while let Some(done) = calls.join_next().await {
@@ -212,9 +199,9 @@ async fn http_mode_with_ready_path_is_held_and_served_from_zero_behind_the_gatew
         20,
         "each call reached the function once"
     );
-    assert_eq!(stat(envoy, "held").await, 20);
-    assert_eq!(stat(envoy, "released").await, 20);
-    assert_eq!(stat(envoy, "timed_out").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.held").await, 20);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 20);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.timed_out").await, 0);
     assert_eq!(stage.provider.replicas(), 1);
 }
 
@@ -268,7 +255,9 @@ async fn the_functions_ready_path_annotation_is_what_the_gate_waits_for() {
     .await
     .expect("the watchdog says ready");
     let envoy = &stage.pod.envoy;
-    wait_stat(envoy, "pending", |v| v == 10).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 10)
+        .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
     while let Some(done) = calls.join_next().await {
@@ -281,8 +270,8 @@ async fn the_functions_ready_path_annotation_is_what_the_gate_waits_for() {
         10,
         "each call reached the function once"
     );
-    assert_eq!(stat(envoy, "released").await, 10);
-    assert_eq!(stat(envoy, "timed_out").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 10);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.timed_out").await, 0);
     assert!(
         envoy
             .log()
@@ -311,7 +300,11 @@ async fn streaming_mode_is_held_and_served_from_zero_behind_the_gateway() {
         .await
         .expect("scaled up")
         .expect("scale-up");
-    wait_stat(&stage.pod.envoy, "pending", |v| v == 10).await;
+    stage
+        .pod
+        .envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 10)
+        .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let _watchdog = start_watchdog(&stage.pod.w, &[("mode", "streaming"), ("fprocess", "env")])
         .expect("of-watchdog");
@@ -329,8 +322,22 @@ async fn streaming_mode_is_held_and_served_from_zero_behind_the_gateway() {
             "{env}"
         );
     }
-    assert_eq!(stat(&stage.pod.envoy, "released").await, 10);
-    assert_eq!(stat(&stage.pod.envoy, "timed_out").await, 0);
+    assert_eq!(
+        stage
+            .pod
+            .envoy
+            .filter_stat(FUNCTION, "readiness.released")
+            .await,
+        10
+    );
+    assert_eq!(
+        stage
+            .pod
+            .envoy
+            .filter_stat(FUNCTION, "readiness.timed_out")
+            .await,
+        0
+    );
 }
 
 /// Behind the gateway (recognised by its mTLS identity) a request is not rewritten again and
@@ -426,14 +433,16 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
         echo_of(&envoy.get("/function/env/before").await)["path"],
         "/before"
     );
-    assert_eq!(stat(envoy, "ready").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.ready").await, 1);
 
     drop(function); // the function's process dies; the watchdog lives on
                     // The next call meets the watchdog's 500 (the filter cannot know yet); then the probe says
                     // the function is gone, and the gate holds again.
     let response = envoy.get("/function/env/during").await;
     assert_eq!(response.status, 500, "{}", response.text());
-    wait_stat(envoy, "ready", |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
+        .await;
     // One call at a time from now on: the worker that re-armed holds at once; the other learns it
     // at the latest from its own first 500 (a worker that believes the function ready reads no
     // shared state on the request path).
@@ -441,7 +450,7 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
     let mut calls = Vec::new();
     let mut failed = 0;
     for i in 0..40 {
-        let before = stat(envoy, "pending").await;
+        let before = envoy.filter_stat(FUNCTION, "readiness.pending").await;
         let call = tokio::spawn(async move {
             faas_mesh_integration::http::send(
                 addr,
@@ -456,7 +465,7 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
                 failed += 1;
                 break;
             }
-            if stat(envoy, "pending").await > before {
+            if envoy.filter_stat(FUNCTION, "readiness.pending").await > before {
                 calls.push(call);
                 break;
             }
@@ -478,8 +487,8 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
         assert!(echo["path"].as_str().expect("path").starts_with("/after/"));
     }
     assert_eq!(function.calls().len(), 10);
-    assert_eq!(stat(envoy, "ready").await, 1);
-    assert_eq!(stat(envoy, "timed_out").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.ready").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.timed_out").await, 0);
 }
 
 /// A function that answers its own 5xx is not a dead one: one probe says so and nothing is held.
@@ -493,9 +502,9 @@ async fn a_function_error_is_checked_by_a_probe_and_holds_nothing() {
         echo_of(&envoy.get("/function/env/warm").await)["path"],
         "/warm"
     );
-    let held = stat(envoy, "held").await;
-    let probes = stat(envoy, "probes_sent").await;
-    let failed = stat(envoy, "probes_failed").await;
+    let held = envoy.filter_stat(FUNCTION, "readiness.held").await;
+    let probes = envoy.filter_stat(FUNCTION, "readiness.probes_sent").await;
+    let failed = envoy.filter_stat(FUNCTION, "readiness.probes_failed").await;
     for i in 0..5 {
         let response = envoy
             .get(&format!("/function/env/status/{}", 500 + i))
@@ -505,8 +514,9 @@ async fn a_function_error_is_checked_by_a_probe_and_holds_nothing() {
     }
     // Checked (at least one probe), found well, nothing held or failed.
     envoy
-        .wait_for_stat(
-            &format!("{STAT}probes_sent"),
+        .wait_for_filter_stat(
+            FUNCTION,
+            "readiness.probes_sent",
             Duration::from_secs(20),
             |v| v > probes,
         )
@@ -515,9 +525,12 @@ async fn a_function_error_is_checked_by_a_probe_and_holds_nothing() {
         echo_of(&envoy.get("/function/env/after").await)["path"],
         "/after"
     );
-    assert_eq!(stat(envoy, "ready").await, 1);
-    assert_eq!(stat(envoy, "held").await, held);
-    assert_eq!(stat(envoy, "probes_failed").await, failed);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.ready").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.held").await, held);
+    assert_eq!(
+        envoy.filter_stat(FUNCTION, "readiness.probes_failed").await,
+        failed
+    );
     assert_eq!(function.calls().len(), 7);
 }
 
@@ -547,7 +560,9 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
         .write_all(b"GET /function/env/first HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    wait_stat(envoy, "pending", |v| v == 1).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 1)
+        .await;
     // The function's server comes up, but its ready path takes 1.5 s to answer.
     let function =
         FunctionServer::start_with(&pod.w, FUNCTION_PORT, READY_PATH, 1500).expect("server");
@@ -558,9 +573,11 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
         assert!(Instant::now() < deadline, "no probe reached the function");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let failed = stat(envoy, "probes_failed").await;
+    let failed = envoy.filter_stat(FUNCTION, "readiness.probes_failed").await;
     drop(first);
-    wait_stat(envoy, "abandoned", |v| v == 1).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.abandoned", STAT_LIMIT, |v| v == 1)
+        .await;
     let started = Instant::now();
     let response = envoy.get("/function/env/second").await;
     let waited = started.elapsed();
@@ -570,7 +587,7 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
         "the second call waited {waited:?}: the probe in flight was lost with the first client"
     );
     assert_eq!(
-        stat(envoy, "probes_failed").await,
+        envoy.filter_stat(FUNCTION, "readiness.probes_failed").await,
         failed,
         "the probe was lost"
     );
@@ -584,7 +601,9 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
     // 20 s lease of the probe that succeeded.
     drop(function);
     assert_eq!(envoy.get("/function/env/dead").await.status, 500);
-    wait_stat(envoy, "ready", |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
+        .await;
     let _function = FunctionServer::start(&pod.w, FUNCTION_PORT, READY_PATH).expect("restart");
     let started = Instant::now();
     assert_eq!(
@@ -625,7 +644,9 @@ async fn held_calls_are_released_soon_after_the_function_answers() {
                 .await
             });
         }
-        wait_stat(envoy, "pending", |v| v == 20).await;
+        envoy
+            .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 20)
+            .await;
         // Start at a moment unrelated to the probe cadence.
         tokio::time::sleep(Duration::from_millis(700 + 37 * round as u64)).await;
         let listening = Instant::now();
@@ -676,12 +697,16 @@ async fn held_calls_are_released_soon_after_the_function_answers() {
                 (response, Instant::now())
             });
         }
-        wait_stat(envoy, "pending", |v| v == 20).await;
-        let probes = stat(envoy, "probes_sent").await;
+        envoy
+            .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 20)
+            .await;
+        let probes = envoy.filter_stat(FUNCTION, "readiness.probes_sent").await;
         let waited = Instant::now();
         tokio::time::sleep(Duration::from_millis(700 + 37 * round as u64)).await;
         let held_for = waited.elapsed().as_secs_f64();
-        probes_per_second.push((stat(envoy, "probes_sent").await - probes) as f64 / held_for);
+        probes_per_second.push(
+            (envoy.filter_stat(FUNCTION, "readiness.probes_sent").await - probes) as f64 / held_for,
+        );
         let listening = Instant::now();
         let _function =
             FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
@@ -706,13 +731,22 @@ async fn held_calls_are_released_soon_after_the_function_answers() {
                 faas_mesh_integration::http::send(addr, &Request::get(&format!("/n/{i}"))).await
             });
         }
-        wait_stat(&pod.envoy, "pending", |v| v == 8).await;
+        pod.envoy
+            .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 8)
+            .await;
         let started = Instant::now();
-        let mut marks = vec![(stat(&pod.envoy, "probes_sent").await, 0.0)];
+        let mut marks = vec![(
+            pod.envoy
+                .filter_stat(FUNCTION, "readiness.probes_sent")
+                .await,
+            0.0,
+        )];
         for until in [2u64, 10, 12] {
             tokio::time::sleep(Duration::from_secs(until).saturating_sub(started.elapsed())).await;
             marks.push((
-                stat(&pod.envoy, "probes_sent").await,
+                pod.envoy
+                    .filter_stat(FUNCTION, "readiness.probes_sent")
+                    .await,
                 started.elapsed().as_secs_f64(),
             ));
         }
@@ -776,19 +810,21 @@ async fn a_function_that_never_comes_up_costs_a_bounded_probe_rate() {
     let addr = envoy.addr();
     let mut calls = tokio::task::JoinSet::new();
     let started = Instant::now();
-    let before = stat(envoy, "probes_sent").await;
+    let before = envoy.filter_stat(FUNCTION, "readiness.probes_sent").await;
     for i in 0..8 {
         calls.spawn(async move {
             faas_mesh_integration::http::send(addr, &Request::get(&format!("/function/env/n/{i}")))
                 .await
         });
     }
-    wait_stat(envoy, "pending", |v| v == 8).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 8)
+        .await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
-    let at_ten = stat(envoy, "probes_sent").await;
+    let at_ten = envoy.filter_stat(FUNCTION, "readiness.probes_sent").await;
     let ten = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_twelve = stat(envoy, "probes_sent").await;
+    let at_twelve = envoy.filter_stat(FUNCTION, "readiness.probes_sent").await;
     let last = started.elapsed().as_secs_f64() - ten;
     let (early, late) = (at_ten - before, at_twelve - at_ten);
     eprintln!(
@@ -835,7 +871,11 @@ async fn the_gateways_probe_passes_and_its_calls_are_held_until_the_function_ser
             (i, response)
         });
     }
-    wait_stat(&stage.pod.envoy, "held", |v| v >= 1).await;
+    stage
+        .pod
+        .envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.held", STAT_LIMIT, |v| v >= 1)
+        .await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let _function = FunctionServer::start(&stage.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
     while let Some(done) = calls.join_next().await {
@@ -843,8 +883,22 @@ async fn the_gateways_probe_passes_and_its_calls_are_held_until_the_function_ser
         let response = response.unwrap_or_else(|e| panic!("call {i}: {e}"));
         assert_eq!(echo_of(&response)["path"], format!("/p/{i}"));
     }
-    assert!(stat(&stage.pod.envoy, "passed_unheld").await >= 1);
-    assert_eq!(stat(&stage.pod.envoy, "timed_out").await, 0);
+    assert!(
+        stage
+            .pod
+            .envoy
+            .filter_stat(FUNCTION, "readiness.passed_unheld")
+            .await
+            >= 1
+    );
+    assert_eq!(
+        stage
+            .pod
+            .envoy
+            .filter_stat(FUNCTION, "readiness.timed_out")
+            .await,
+        0
+    );
 }
 
 /// A function that never starts, behind the gateway's `probe_functions`, with the default
@@ -874,8 +928,12 @@ async fn the_gateways_probe_is_never_held() {
     );
     assert!(response.status >= 500, "{}", response.text());
     let envoy = &stage.pod.envoy;
-    assert_eq!(stat(envoy, "held").await, 0, "the gateway's probe was held");
-    assert!(stat(envoy, "passed_unheld").await >= 1);
+    assert_eq!(
+        envoy.filter_stat(FUNCTION, "readiness.held").await,
+        0,
+        "the gateway's probe was held"
+    );
+    assert!(envoy.filter_stat(FUNCTION, "readiness.passed_unheld").await >= 1);
 }
 
 /// Without the gate, the gateway's `probe_functions` alone: its ten tries 50 ms apart give up
@@ -948,7 +1006,11 @@ async fn gateway_timeouts_shorter_than_max_wait_lose_the_caller() {
     );
     assert_eq!(response.status, 502);
     assert!(response.body.is_empty(), "{}", response.text());
-    wait_stat(&first.pod.envoy, "abandoned", |v| v == 1).await;
+    first
+        .pod
+        .envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.abandoned", STAT_LIMIT, |v| v == 1)
+        .await;
     drop(first);
 
     // write_timeout 1 s (upstream_timeout longer): the caller is cut off without an answer, but
@@ -962,7 +1024,11 @@ async fn gateway_timeouts_shorter_than_max_wait_lose_the_caller() {
     let gateway = second.gateway.clone();
     let call =
         tokio::spawn(async move { gateway.send(&Request::get("/function/env/orphan")).await });
-    wait_stat(&second.pod.envoy, "pending", |v| v == 1).await;
+    second
+        .pod
+        .envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 1)
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let function = FunctionServer::start(&second.pod.w, FUNCTION_PORT, READY_PATH).expect("server");
     let outcome = call.await.expect("task");
@@ -1001,7 +1067,9 @@ async fn a_custom_container_without_ready_is_probed_on_health() {
                 .await
         });
     }
-    wait_stat(envoy, "pending", |v| v == 6).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 6)
+        .await;
     // The container's own server on :8080, its health path /_/health.
     let container = FunctionServer::start(&pod.w, 8080, "/_/health").expect("container");
     while let Some(done) = calls.join_next().await {

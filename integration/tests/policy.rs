@@ -1,7 +1,7 @@
 //! Per-function policy through a real Envoy: caller identity from mTLS, methods, body size,
 //! concurrency and rate limits, in enforce and audit mode, and the stats they leave.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use faas_mesh_integration::tls::Pki;
@@ -11,31 +11,9 @@ const GATEWAY: &str = "spiffe://cluster.local/ns/openfaas/sa/gateway";
 const QUEUE_WORKER: &str = "spiffe://cluster.local/ns/openfaas/sa/queue-worker";
 const OTHER: &str = "spiffe://cluster.local/ns/openfaas-fn/sa/default";
 
-/// The stat of a policy outcome: `allowed`, or `<reason>.denied` / `<reason>.audited`.
-fn stat_name(function: &str, outcome: &str) -> String {
-    match outcome.split_once('.') {
-        Some((reason, what)) => {
-            format!("wasmcustom.faas_mesh_filter.function.{function}.policy.reason.{reason}.{what}")
-        }
-        None => format!("wasmcustom.faas_mesh_filter.function.{function}.policy.{outcome}"),
-    }
-}
-
-async fn stat(envoy: &Envoy, outcome: &str) -> u64 {
-    envoy.stat(&stat_name("env", outcome)).await.expect("stats")
-}
-
 async fn pod(options: impl FnOnce(EnvoyOptions) -> EnvoyOptions) -> (StandInFunction, Envoy) {
     let function = StandInFunction::start().await.expect("function");
-    let envoy = Envoy::start(options(EnvoyOptions::for_function(function.port())))
-        .await
-        .expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options(EnvoyOptions::for_function(function.port()))).await;
     (function, envoy)
 }
 
@@ -99,9 +77,9 @@ async fn callers_are_told_apart_by_their_mtls_identity_not_by_headers() {
     assert_denied(&response, 403, "caller not allowed");
 
     assert_eq!(function.calls(), 2);
-    assert_eq!(stat(&envoy, "allowed").await, 2);
-    assert_eq!(stat(&envoy, "principal.denied").await, 2);
-    assert_eq!(stat(&envoy, "mtls.denied").await, 2);
+    assert_eq!(envoy.filter_stat("env", "policy.allowed").await, 2);
+    assert_eq!(envoy.policy_stat("env", "principal", "denied").await, 2);
+    assert_eq!(envoy.policy_stat("env", "mtls", "denied").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,10 +121,10 @@ async fn require_mtls_wants_a_certificate_and_audit_mode_lets_through() {
         );
     }
     assert_eq!(function.calls(), 2);
-    assert_eq!(stat(&envoy, "principal.audited").await, 1);
-    assert_eq!(stat(&envoy, "mtls.audited").await, 1);
-    assert_eq!(stat(&envoy, "principal.denied").await, 0);
-    assert_eq!(stat(&envoy, "allowed").await, 0);
+    assert_eq!(envoy.policy_stat("env", "principal", "audited").await, 1);
+    assert_eq!(envoy.policy_stat("env", "mtls", "audited").await, 1);
+    assert_eq!(envoy.policy_stat("env", "principal", "denied").await, 0);
+    assert_eq!(envoy.filter_stat("env", "policy.allowed").await, 0);
     let log = envoy
         .log_when(|log| log.contains("would be denied (principal)"))
         .await;
@@ -191,7 +169,7 @@ async fn methods_are_enforced_including_override_headers() {
         .expect("send");
     assert!(matches!(response.status, 400 | 405), "{}", response.status);
     assert_eq!(function.calls(), 1);
-    assert_eq!(stat(&envoy, "method.denied").await, 5);
+    assert_eq!(envoy.policy_stat("env", "method", "denied").await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +242,7 @@ async fn oversized_bodies_are_refused_with_and_without_content_length() {
     );
     // A GET without a body is not held for counting.
     assert_eq!(envoy.get("/function/env/").await.status, 200);
-    assert_eq!(stat(&envoy, "body_size.denied").await, 2);
+    assert_eq!(envoy.policy_stat("env", "body_size", "denied").await, 2);
     drop(envoy);
 
     let (function, envoy) =
@@ -276,10 +254,8 @@ async fn oversized_bodies_are_refused_with_and_without_content_length() {
         );
     }
     assert_eq!(function.calls(), 2);
-    assert_eq!(stat(&envoy, "body_size.audited").await, 2);
+    assert_eq!(envoy.policy_stat("env", "body_size", "audited").await, 2);
 }
-
-const INFLIGHT: &str = "wasmcustom.faas_mesh_filter.function.env.policy.inflight";
 
 /// Polls until `done` holds (a bounded wait: a loaded CI machine is slow, never wrong).
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -314,7 +290,9 @@ async fn admits_exactly(envoy: &Envoy, function: &StandInFunction, max: u64) -> 
     held.abort_all();
     while held.join_next().await.is_some() {}
     envoy
-        .wait_for_stat(INFLIGHT, Duration::from_secs(60), |v| v == 0)
+        .wait_for_filter_stat("env", "policy.inflight", Duration::from_secs(60), |v| {
+            v == 0
+        })
         .await;
     until("the function seeing its callers go", || {
         function.active() == 0
@@ -369,7 +347,9 @@ async fn max_inflight_holds_across_workers_and_never_drifts() {
         function.reset_max_concurrent();
         check_burst(round, burst(envoy.addr()).await);
         envoy
-            .wait_for_stat(INFLIGHT, Duration::from_secs(60), |v| v == 0)
+            .wait_for_filter_stat("env", "policy.inflight", Duration::from_secs(60), |v| {
+                v == 0
+            })
             .await;
     }
 
@@ -386,16 +366,20 @@ async fn max_inflight_holds_across_workers_and_never_drifts() {
     }
     while aborted.join_next().await.is_some() {}
     envoy
-        .wait_for_stat(INFLIGHT, Duration::from_secs(60), |v| v == 0)
+        .wait_for_filter_stat("env", "policy.inflight", Duration::from_secs(60), |v| {
+            v == 0
+        })
         .await;
     function.reset_max_concurrent();
     check_burst("after aborts", burst(envoy.addr()).await);
     envoy
-        .wait_for_stat(INFLIGHT, Duration::from_secs(60), |v| v == 0)
+        .wait_for_filter_stat("env", "policy.inflight", Duration::from_secs(60), |v| {
+            v == 0
+        })
         .await;
     denied += admits_exactly(&envoy, &function, MAX).await;
     // Every 429 a caller saw was counted, and nothing else was.
-    assert_eq!(stat(&envoy, "inflight.denied").await, denied);
+    assert_eq!(envoy.policy_stat("env", "inflight", "denied").await, denied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +416,10 @@ async fn the_rate_limit_is_a_token_bucket_per_pod() {
         "{ok} allowed in {elapsed:.2}s (expected 10..={most})"
     );
     assert_eq!(ok + limited, 40);
-    assert_eq!(stat(&envoy, "rate_limit.denied").await, limited);
+    assert_eq!(
+        envoy.policy_stat("env", "rate_limit", "denied").await,
+        limited
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,38 +4,25 @@
 //! Every scenario runs with 1, 2 and 4 Envoy workers: readiness learned on one worker must reach
 //! the others, and the pod-wide `max_pending` must hold across them.
 
-use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const STAT: &str = "wasmcustom.faas_mesh_filter.function.env.readiness.";
+/// The function the pods under test run.
+const FUNCTION: &str = "env";
+/// How long a test waits for a stat of the filter (a loaded machine).
+const STAT_LIMIT: Duration = Duration::from_secs(20);
 
 /// An Envoy for a function that is not running yet (its port is reserved, nothing listens).
 async fn envoy_before_function(concurrency: u32, plugin_config: &str) -> (Envoy, u16) {
     let port = free_port().expect("free port");
     let mut options = EnvoyOptions::for_function(port).config(plugin_config);
     options.concurrency = concurrency;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     (envoy, port)
-}
-
-async fn stat(envoy: &Envoy, name: &str) -> u64 {
-    envoy.stat(&format!("{STAT}{name}")).await.expect("stats")
-}
-
-async fn wait_stat(envoy: &Envoy, name: &str, done: impl Fn(u64) -> bool) -> u64 {
-    envoy
-        .wait_for_stat(&format!("{STAT}{name}"), Duration::from_secs(20), done)
-        .await
 }
 
 fn assert_gate_reply(response: &Response, error: &str) {
@@ -71,9 +58,11 @@ async fn held_requests_are_released_when_the_function_comes_up(concurrency: u32)
         });
     }
     // All 50 are held by the filter (not merely in flight) before the function starts.
-    wait_stat(&envoy, "pending", |v| v == 50).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 50)
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(stat(&envoy, "released").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 0);
 
     let function = StandInFunction::start_on(port).await.expect("function");
     let up = Instant::now();
@@ -106,11 +95,11 @@ async fn held_requests_are_released_when_the_function_comes_up(concurrency: u32)
          (goal: 200 ms)"
     );
     assert_eq!(function.calls(), 50);
-    assert_eq!(stat(&envoy, "held").await, 50);
-    assert_eq!(stat(&envoy, "released").await, 50);
-    assert_eq!(stat(&envoy, "timed_out").await, 0);
-    assert_eq!(stat(&envoy, "pending").await, 0);
-    assert_eq!(stat(&envoy, "ready").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.held").await, 50);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 50);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.timed_out").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.pending").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.ready").await, 1);
 
     // Once ready, requests cost no probe.
     let probes = function.probes();
@@ -147,9 +136,9 @@ async fn held_requests_time_out_with_503(concurrency: u32) {
         waited >= Duration::from_millis(600),
         "answered after {waited:?}"
     );
-    assert_eq!(stat(&envoy, "timed_out").await, 6);
-    assert_eq!(stat(&envoy, "pending").await, 0);
-    assert!(stat(&envoy, "probes_failed").await >= 2);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.timed_out").await, 6);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.pending").await, 0);
+    assert!(envoy.filter_stat(FUNCTION, "readiness.probes_failed").await >= 2);
 }
 
 /// `max_pending + k` requests while the function is down: exactly k immediate 503s.
@@ -166,7 +155,9 @@ async fn beyond_max_pending_is_answered_at_once(concurrency: u32) {
             async move { http::send(addr, &Request::get(&format!("/function/env/h{i}"))).await },
         );
     }
-    wait_stat(&envoy, "pending", |v| v == 5).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 5)
+        .await;
     let mut extra = tokio::task::JoinSet::new();
     for i in 0..3 {
         extra.spawn(async move {
@@ -183,13 +174,18 @@ async fn beyond_max_pending_is_answered_at_once(concurrency: u32) {
         refused += 1;
     }
     assert_eq!(refused, 3);
-    assert_eq!(stat(&envoy, "rejected_queue_full").await, 3);
+    assert_eq!(
+        envoy
+            .filter_stat(FUNCTION, "readiness.rejected_queue_full")
+            .await,
+        3
+    );
 
     let _function = StandInFunction::start_on(port).await.expect("function");
     while let Some(done) = held.join_next().await {
         assert_eq!(done.expect("task").expect("response").status, 200);
     }
-    assert_eq!(stat(&envoy, "released").await, 5);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 5);
 }
 
 /// A client that hangs up while held leaves the wait list; the function never sees it.
@@ -202,10 +198,14 @@ async fn a_client_that_hangs_up_is_forgotten(concurrency: u32) {
         .write_all(b"GET /function/env/gone HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    wait_stat(&envoy, "pending", |v| v == 1).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 1)
+        .await;
     drop(stream);
-    wait_stat(&envoy, "abandoned", |v| v == 1).await;
-    assert_eq!(stat(&envoy, "pending").await, 0);
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.abandoned", STAT_LIMIT, |v| v == 1)
+        .await;
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.pending").await, 0);
 
     let function = StandInFunction::start_on(port).await.expect("function");
     assert_eq!(envoy.get("/function/env/here").await.status, 200);
@@ -226,7 +226,7 @@ async fn a_restarted_function_is_waited_for(concurrency: u32) {
     let envoy = Envoy::start(options).await.expect("Envoy");
     let addr = envoy.addr();
     assert_eq!(envoy.get("/function/env/warm").await.status, 200);
-    let held_before = stat(&envoy, "held").await;
+    let held_before = envoy.filter_stat(FUNCTION, "readiness.held").await;
 
     // Four clients in a loop, one request at a time each.
     let stop_at = Instant::now() + Duration::from_millis(2500);
@@ -275,10 +275,10 @@ async fn a_restarted_function_is_waited_for(concurrency: u32) {
         "{failed} requests failed (at most {bound} expected)"
     );
     assert!(
-        stat(&envoy, "held").await > held_before,
+        envoy.filter_stat(FUNCTION, "readiness.held").await > held_before,
         "nothing was held during the outage"
     );
-    assert_eq!(stat(&envoy, "ready").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.ready").await, 1);
     assert!(function.calls() > 0, "no traffic after the restart");
 }
 
@@ -343,7 +343,7 @@ async fn a_saturated_function_counts_as_ready_and_a_disabled_gate_holds_nothing(
     .await
     .expect("Envoy");
     assert_eq!(envoy.get("/function/env/a").await.status, 200);
-    assert_eq!(stat(&envoy, "held").await, 0);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.held").await, 0);
 }
 
 /// Requests that ask whether the function is up are never held (issue 23, part 3): the health and
@@ -358,12 +358,13 @@ async fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
     let mut options = EnvoyOptions::for_function(function.port())
         .config(r#"{"readiness": {"max_wait_ms": 120000}}"#);
     options.concurrency = 2;
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let ordinary =
         tokio::spawn(async move { http::send(addr, &Request::get("/function/env/work")).await });
-    wait_stat(&envoy, "pending", |v| v == 1).await;
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.pending", STAT_LIMIT, |v| v == 1)
+        .await;
 
     let asks = [
         Request::get("/_/health"),
@@ -391,14 +392,17 @@ async fn health_and_readiness_requests_and_the_gateways_probe_are_never_held() {
         assert_eq!(envoy.get(target).await.status, 503, "{target}");
     }
     assert_eq!(
-        stat(&envoy, "held").await,
+        envoy.filter_stat(FUNCTION, "readiness.held").await,
         1,
         "only the ordinary call is held"
     );
-    assert_eq!(stat(&envoy, "passed_unheld").await, 5);
+    assert_eq!(
+        envoy.filter_stat(FUNCTION, "readiness.passed_unheld").await,
+        5
+    );
 
     function.set_healthy(true);
     let response = ordinary.await.expect("task").expect("a response");
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(stat(&envoy, "released").await, 1);
+    assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 1);
 }

@@ -137,10 +137,8 @@ async fn pushes_under_load_lose_no_request() {
 async fn misleading_configurations_are_refused_and_the_serving_rule_stays() {
     let function = StandInFunction::start().await.expect("function");
     let enforce = r#"{"policy": {"default": {"methods": ["GET"]}}}"#;
-    let mut envoy = Envoy::start(EnvoyOptions::for_function(function.port()).config(enforce))
-        .await
-        .expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let mut envoy =
+        Envoy::start_accepted(EnvoyOptions::for_function(function.port()).config(enforce)).await;
     assert_eq!(delete_status(&envoy).await, 405);
     let refused = [
         (

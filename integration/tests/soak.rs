@@ -101,13 +101,9 @@ async fn mixed_traffic_leaves_nothing_behind() {
         "unexpected statuses: {:?}",
         &unexpected[..unexpected.len().min(20)]
     );
-    let stat = |name: &str| format!("wasmcustom.faas_mesh_filter.function.env.{name}");
-    assert_eq!(
-        envoy.stat(&stat("readiness.pending")).await.expect("stat"),
-        0
-    );
+    assert_eq!(envoy.filter_stat("env", "readiness.pending").await, 0);
     envoy
-        .wait_for_stat(&stat("policy.inflight"), Duration::from_secs(5), |v| v == 0)
+        .wait_for_filter_stat("env", "policy.inflight", Duration::from_secs(5), |v| v == 0)
         .await;
     // Flat: allocator and stats settle in the warm-up; allow 20% + 8 MiB of noise.
     assert!(

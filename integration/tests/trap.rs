@@ -8,7 +8,7 @@
 //! the dead VM's slots expire with it), and `max_inflight` then admits exactly up to its limit,
 //! never more.
 
-use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, Envoy, EnvoyOptions};
 use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 
 const MAX_INFLIGHT: u64 = 3;
 const CONFIG: &str = r#"{"policy": {"default": {"max_inflight": 3}}}"#;
-const INFLIGHT: &str = "wasmcustom.faas_mesh_filter.function.env.policy.inflight";
 const TRAP_HEADER: &str = "x-faas-mesh-test-trap";
 /// How long a test waits for something it polls for (a loaded 2-core CI machine is slow).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -67,7 +66,9 @@ async fn admits_exactly_the_limit(envoy: &Envoy, function: &StandInFunction, tag
     // The callers give up: their slots come back.
     held.abort_all();
     while held.join_next().await.is_some() {}
-    envoy.wait_for_stat(INFLIGHT, PATIENCE, |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat("env", "policy.inflight", PATIENCE, |v| v == 0)
+        .await;
     until("the function seeing its callers go", || {
         function.active() == 0
     })
@@ -79,13 +80,7 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
     let mut options = EnvoyOptions::for_function(function.port()).config(CONFIG);
     options.concurrency = concurrency;
     options.wasm = Some(trap_wasm().expect("the test-trap module"));
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(
-        envoy.initial_config(),
-        ConfigOutcome::Accepted,
-        "{}",
-        envoy.log()
-    );
+    let envoy = Envoy::start_accepted(options).await;
     admits_exactly_the_limit(&envoy, &function, "before").await;
 
     // Slow requests hold all slots but one; the trapping request takes the last one and traps
@@ -164,7 +159,9 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
         function.active() == 0
     })
     .await;
-    envoy.wait_for_stat(INFLIGHT, PATIENCE, |v| v == 0).await;
+    envoy
+        .wait_for_filter_stat("env", "policy.inflight", PATIENCE, |v| v == 0)
+        .await;
     admits_exactly_the_limit(&envoy, &function, "after").await;
     // And again: nothing drifted.
     admits_exactly_the_limit(&envoy, &function, "again").await;
@@ -182,8 +179,7 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
         .config(r#"{"readiness": {"max_wait_ms": 2000, "max_pending": 2}}"#);
     options.concurrency = concurrency;
     options.wasm = Some(trap_wasm().expect("the test-trap module"));
-    let envoy = Envoy::start(options).await.expect("Envoy");
-    assert_eq!(envoy.initial_config(), ConfigOutcome::Accepted);
+    let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let mut held = JoinSet::new();
     for i in 0..2 {
@@ -191,11 +187,7 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
         held.spawn(async move { http::send(addr, &request).await });
     }
     envoy
-        .wait_for_stat(
-            "wasmcustom.faas_mesh_filter.function.env.readiness.pending",
-            PATIENCE,
-            |v| v == 2,
-        )
+        .wait_for_filter_stat("env", "readiness.pending", PATIENCE, |v| v == 2)
         .await;
     // With two workers the trap may hit the other VM: then the held calls' own VM answers
     // them at max_wait_ms, which is fine too; the single-worker case is the one that bites.
