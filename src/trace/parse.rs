@@ -63,10 +63,9 @@ pub(super) enum B3Header {
 fn parse_b3_trace_id(value: &[u8]) -> Option<([u8; 16], bool)> {
     let (id, short) = match value.len() {
         16 => {
-            let low: [u8; 8] = decode_hex(value)?;
-            let mut id = [0u8; 16];
-            id.get_mut(8..)?.copy_from_slice(&low);
-            (id, true)
+            // Padded with zeros on the left to 128 bits (no slice copy: it carries a panic site).
+            let [a, b, c, d, e, f, g, h] = decode_hex(value)?;
+            ([0, 0, 0, 0, 0, 0, 0, 0, a, b, c, d, e, f, g, h], true)
         }
         32 => (decode_hex(value)?, false),
         _ => return None,
