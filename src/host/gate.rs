@@ -36,7 +36,7 @@ pub enum HoldState {
 }
 
 /// What the gate decided for a request that arrived while the worker believed "not ready".
-pub enum Arrival {
+pub enum Arrived {
     /// The function is ready after all (another worker learned it): go on.
     Go,
     /// Paused; the request's context keeps the state to know when it is released.
@@ -237,11 +237,11 @@ impl<H: Host> Gate<H> {
     }
 
     /// A request arrived while this worker believed the function not ready.
-    #[inline(never)]
-    pub fn admit(&self, context_id: u32, call_id: &str) -> Arrival {
+    #[inline(always)]
+    pub fn arrive(&self, context_id: u32, call_id: &str) -> Arrived {
         self.adopt(self.read_state());
         if self.is_ready() {
-            return Arrival::Go;
+            return Arrived::Go;
         }
         let now = self.host.now_ms();
         let Some(ticket) = self.reserve_slot(now) else {
@@ -251,7 +251,7 @@ impl<H: Host> Gate<H> {
                 self.function,
                 self.settings.max_pending
             );
-            return Arrival::QueueFull;
+            return Arrived::QueueFull;
         };
         let state = Rc::new(Cell::new(HoldState::Held));
         self.waiting.borrow_mut().hold(
@@ -269,7 +269,7 @@ impl<H: Host> Gate<H> {
         // The probe goes out from the root context within a (now fast) tick, never from this
         // request's context.
         self.retick();
-        Arrival::Held(state)
+        Arrived::Held(state)
     }
 
     /// The client of a held request went away: forget it.
@@ -653,8 +653,8 @@ impl<H: Host> Gate<H> {
     /// A held request's body has grown to `body_bytes` (Envoy buffers it while the gate holds
     /// the request): reserves the growth in the pod's budget, or says why it cannot be held.
     /// Nothing to do for a request this gate does not hold (any more).
-    #[inline(never)]
-    pub fn hold_body(&self, context_id: u32, body_bytes: u64) -> Result<(), BodyRefused> {
+    #[inline(always)]
+    pub fn reserve_body(&self, context_id: u32, body_bytes: u64) -> Result<(), BodyRefused> {
         let waiting = self.waiting.borrow();
         let Some(held) = waiting.find(context_id) else {
             return Ok(());
@@ -725,6 +725,106 @@ impl<H: Host> Gate<H> {
     }
 }
 
+// core: interim, replaced by the gate branch
+/// A held request's handle, kept by its Call (wraps the shared hold state).
+pub struct Hold(Rc<Cell<HoldState>>);
+
+/// What the gate decided for a request that arrived while the worker believed "not ready".
+pub enum Arrival {
+    Go,
+    Held(Hold),
+    Refused(LocalReply),
+}
+
+// core: interim, replaced by the gate branch
+impl Hold {
+    /// Held or HeldReadingBody.
+    pub fn is_held(&self) -> bool {
+        matches!(self.0.get(), HoldState::Held | HoldState::HeldReadingBody)
+    }
+
+    /// The gate answered it (503).
+    pub fn answered_by_gate(&self) -> bool {
+        self.0.get() == HoldState::Answered
+    }
+
+    /// HeldReadingBody -> Held: the body is complete.
+    pub fn body_read(&self) {
+        if self.0.get() == HoldState::HeldReadingBody {
+            self.0.set(HoldState::Held);
+        }
+    }
+}
+
+// core: interim, replaced by the gate branch
+impl<H: Host> Gate<H> {
+    /// While not ready: too large for the pod's budget (413 now), queue full (503 now), held,
+    /// or go. `reads_body`: the headers must wait for the whole body (hold_unsized_bodies).
+    #[inline(never)]
+    pub fn admit(
+        &self,
+        context_id: u32,
+        call_id: &str,
+        content_length: Option<u64>,
+        reads_body: bool,
+    ) -> Arrival {
+        // A body the pod could never hold is answered now, not after `max_wait_ms`.
+        if content_length.is_some_and(|len| len > self.settings.max_pending_bytes) {
+            return Arrival::Refused(reply::TOO_LARGE_TO_HOLD);
+        }
+        match self.arrive(context_id, call_id) {
+            Arrived::Go => Arrival::Go,
+            Arrived::Held(state) => {
+                if reads_body {
+                    // Released or not, the headers wait for the whole body.
+                    state.set(HoldState::HeldReadingBody);
+                }
+                Arrival::Held(Hold(state))
+            }
+            Arrived::QueueFull => Arrival::Refused(self.queue_full_reply()),
+        }
+    }
+
+    /// A held request's body grew to `body_bytes`: None, or the reply when it does not fit
+    /// (413 larger than the whole budget, 503 pod full; logged with the call id).
+    #[inline(never)]
+    pub fn hold_body(&self, context_id: u32, body_bytes: u64, call_id: &str) -> Option<LocalReply> {
+        match self.reserve_body(context_id, body_bytes) {
+            Ok(()) => None,
+            Err(BodyRefused::TooLarge) => Some(reply::TOO_LARGE_TO_HOLD),
+            Err(BodyRefused::Full) => {
+                log::warn!(
+                    "call {call_id}: the pod already holds its max_pending_bytes of request \
+                     bodies; answered 503"
+                );
+                Some(reply::BYTES_FULL)
+            }
+        }
+    }
+
+    /// The verdict after a response: `status` is the `:status` value; `response_flags` is read
+    /// only when needed (503). A 5xx re-arms or probes, anything else does nothing.
+    pub fn after_response(&self, status: &[u8], response_flags: impl FnOnce() -> u64) {
+        if !gate::worth_a_probe(status) {
+            return;
+        }
+        // Envoy's own 503 for a refused or dropped connection: the process is gone. Any other
+        // 5xx (of-watchdog's 500 when the function's server refuses it, or the function's own
+        // error): one probe decides.
+        let flags = if status == b"503" {
+            response_flags()
+        } else {
+            0
+        };
+        log::debug!("5xx with response flags {flags:#x}");
+        if gate::upstream_gone(flags) {
+            self.upstream_gone();
+        } else {
+            self.check_after_5xx();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,9 +868,9 @@ mod tests {
         Record::decode(pod.shared(held::KEY).as_deref())
     }
 
-    fn held(admission: Arrival) -> Rc<Cell<HoldState>> {
+    fn held(admission: Arrived) -> Rc<Cell<HoldState>> {
         match admission {
-            Arrival::Held(state) => state,
+            Arrived::Held(state) => state,
             _ => panic!("expected the request to be held"),
         }
     }
@@ -786,8 +886,8 @@ mod tests {
     #[test]
     fn one_probe_per_pod_and_readiness_reaches_the_other_worker() {
         let (pod, [(a, ga), (b, gb)]) = pod("{}");
-        let held_a = held(ga.admit(1, "id-a"));
-        let held_b = held(gb.admit(7, "id-b"));
+        let held_a = held(ga.arrive(1, "id-a"));
+        let held_b = held(gb.arrive(7, "id-b"));
         // No probe from a request's context: the root contexts' ticks send it.
         assert!(a.dispatched().is_empty() && b.dispatched().is_empty());
         ga.on_tick();
@@ -816,20 +916,20 @@ mod tests {
             0
         );
         // Once ready, a request is not held.
-        assert!(matches!(ga.admit(2, "id"), Arrival::Go));
+        assert!(matches!(ga.arrive(2, "id"), Arrived::Go));
     }
 
     #[test]
     fn max_pending_holds_across_workers() {
         let (pod, [(_, ga), (_, gb)]) = pod(r#"{"readiness":{"max_pending":3}}"#);
-        held(ga.admit(1, "1"));
-        held(gb.admit(2, "2"));
-        held(ga.admit(3, "3"));
-        assert!(matches!(gb.admit(4, "4"), Arrival::QueueFull));
-        assert!(matches!(ga.admit(5, "5"), Arrival::QueueFull));
+        held(ga.arrive(1, "1"));
+        held(gb.arrive(2, "2"));
+        held(ga.arrive(3, "3"));
+        assert!(matches!(gb.arrive(4, "4"), Arrived::QueueFull));
+        assert!(matches!(ga.arrive(5, "5"), Arrived::QueueFull));
         // A client that hangs up gives its place back.
         gb.forget(2);
-        held(gb.admit(6, "6"));
+        held(gb.arrive(6, "6"));
         assert_eq!(
             pod.metric("faas_mesh_filter.function.env.readiness.pending"),
             3
@@ -839,7 +939,7 @@ mod tests {
     #[test]
     fn a_request_held_too_long_gets_503_with_its_call_id() {
         let (pod, [(a, ga), _]) = pod(r#"{"readiness":{"max_wait_ms":1000}}"#);
-        let state = held(ga.admit(9, "call-9"));
+        let state = held(ga.arrive(9, "call-9"));
         pod.advance_ms(1001);
         ga.on_tick();
         assert_eq!(state.get(), HoldState::Answered);
@@ -859,8 +959,8 @@ mod tests {
     #[test]
     fn the_probe_belongs_to_the_pod_not_to_a_client_that_hangs_up() {
         let (pod, [(a, ga), _]) = pod("{}");
-        held(ga.admit(1, "1"));
-        held(ga.admit(2, "2"));
+        held(ga.arrive(1, "1"));
+        held(ga.arrive(2, "2"));
         ga.on_tick();
         let token = a.dispatched()[0].0;
         ga.forget(1); // the client whose arrival started the probing hangs up
@@ -877,7 +977,7 @@ mod tests {
     #[test]
     fn a_failed_probe_is_retried_and_a_server_without_ready_is_probed_on_health() {
         let (pod, [(a, ga), _]) = pod("{}");
-        held(ga.admit(1, "1"));
+        held(ga.arrive(1, "1"));
         ga.on_tick();
         answer(&a, &ga, "404"); // no /_/ready here: the classic watchdog, a custom server
         assert!(!ga.is_ready());
@@ -918,29 +1018,29 @@ mod tests {
         pod.advance_ms(5);
         ga.on_tick();
         assert!(!ga.is_ready(), "the other worker holds again too");
-        held(ga.admit(3, "3"));
+        held(ga.arrive(3, "3"));
     }
 
     #[test]
     fn a_dead_workers_places_come_back_once_its_held_calls_have_been_answered() {
         let json = r#"{"readiness":{"max_pending":3,"max_wait_ms":1000}}"#;
         let (pod, [(a, ga), (_, gb)]) = pod(json);
-        held(gb.admit(1, "1"));
+        held(gb.arrive(1, "1"));
         pod.advance_ms(100);
-        held(gb.admit(2, "2"));
+        held(gb.arrive(2, "2"));
         drop(gb); // this worker's VM traps: it never releases what it counted
-        held(ga.admit(3, "3"));
-        assert!(matches!(ga.admit(4, "4"), Arrival::QueueFull));
+        held(ga.arrive(3, "3"));
+        assert!(matches!(ga.arrive(4, "4"), Arrived::QueueFull));
         // Envoy answers the dead VM's held calls by max_wait_ms + the margin (request_timeout):
         // until the last of them is answered its places stay taken, then they come back.
         pod.advance_ms(1000 + held::MARGIN_MS - 1);
         ga.on_tick(); // answers ga's own call 3 (503): its place comes back at once
-        assert!(held(ga.admit(5, "5")).get() == HoldState::Held);
-        assert!(matches!(ga.admit(6, "6"), Arrival::QueueFull));
+        assert!(held(ga.arrive(5, "5")).get() == HoldState::Held);
+        assert!(matches!(ga.arrive(6, "6"), Arrived::QueueFull));
         pod.advance_ms(1);
-        held(ga.admit(7, "7"));
-        held(ga.admit(8, "8"));
-        assert!(matches!(ga.admit(9, "9"), Arrival::QueueFull));
+        held(ga.arrive(7, "7"));
+        held(ga.arrive(8, "8"));
+        assert!(matches!(ga.arrive(9, "9"), Arrived::QueueFull));
         assert_eq!(record(&pod).count(), 3);
         assert_eq!(
             pod.metric("faas_mesh_filter.function.env.readiness.pending"),
@@ -971,8 +1071,8 @@ mod tests {
         // is unconditional: two workers creating it at once would lose an entry).
         assert_eq!(pod.shared(held::KEY).as_deref(), Some(&b";"[..]));
         for (ctx, gate) in [(1, &ga), (2, &gb), (3, &ga)] {
-            held(gate.admit(ctx, "first"));
-            assert!(gate.hold_body(ctx, 20_000).is_ok());
+            held(gate.arrive(ctx, "first"));
+            assert!(gate.reserve_body(ctx, 20_000).is_ok());
         }
         assert_eq!(record(&pod).bytes(), 60_000);
         ga.on_tick();
@@ -994,17 +1094,20 @@ mod tests {
         pod.advance_ms(5);
         gb.on_tick();
         for (ctx, gate) in [(11, &ga), (12, &gb), (13, &gb)] {
-            held(gate.admit(ctx, "second"));
-            assert!(gate.hold_body(ctx, 20_000).is_ok());
+            held(gate.arrive(ctx, "second"));
+            assert!(gate.reserve_body(ctx, 20_000).is_ok());
         }
         // The first three finish now: nothing of theirs is left to give back, so the fourth
         // body of the second wave does not fit.
-        held(ga.admit(14, "fourth"));
-        assert!(matches!(ga.hold_body(14, 20_000), Err(BodyRefused::Full)));
+        held(ga.arrive(14, "fourth"));
+        assert!(matches!(
+            ga.reserve_body(14, 20_000),
+            Err(BodyRefused::Full)
+        ));
         ga.forget(14); // answered 503
         assert_eq!(record(&pod).bytes(), 60_000);
         assert!(matches!(
-            gb.hold_body(12, 65_537),
+            gb.reserve_body(12, 65_537),
             Err(BodyRefused::TooLarge)
         ));
     }
@@ -1037,13 +1140,13 @@ mod tests {
                 match roll(9) {
                     0 | 1 => {
                         ctx += 1;
-                        let _ = gate.admit(ctx, "c");
+                        let _ = gate.arrive(ctx, "c");
                     }
                     2 | 3 => {
                         let ids = held_ids(gate);
                         if let Some(&(id, bytes)) = ids.get(roll(ids.len().max(1) as u64) as usize)
                         {
-                            if gate.hold_body(id, bytes + roll(20_000)).is_err() {
+                            if gate.reserve_body(id, bytes + roll(20_000)).is_err() {
                                 gate.forget(id);
                             }
                         }

@@ -45,17 +45,6 @@ impl Default for Owner {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-thread_local! {
-    static VM_OWNER: Rc<Owner> = Rc::new(Owner::new());
-}
-
-/// The owner of this VM's slots (one VM per thread in Envoy), shared by its root contexts.
-#[cfg(target_arch = "wasm32")]
-pub fn vm_owner() -> Rc<Owner> {
-    VM_OWNER.with(Rc::clone)
-}
-
 /// The connection's mTLS state and peer SPIFFE ID, never a request header. A URI SAN on the
 /// peer certificate proves mTLS, so `connection.mtls` is read only when there is none and
 /// `ask_mtls` (the policy needs it; telling the gateway apart needs only the SAN).
@@ -141,19 +130,16 @@ impl<H: Host> Enforcer<H> {
         &self.policy
     }
 
-    /// The connection's mTLS state and peer SPIFFE ID (see [`peer_of`]).
-    pub fn peer(&self) -> (bool, Option<Vec<u8>>) {
-        peer_of(&self.host, true)
-    }
-
-    /// A request passed every check.
-    pub fn count_allowed(&self) {
-        self.allowed.add(&self.host, 1);
-    }
-
     /// A check failed. Enforce: the reply to send. Audit: counted and logged, the request goes
     /// on (`None`).
     pub fn deny(&self, reason: Reason, call_id: &str, retry_after: u64) -> Option<LocalReply> {
+        self.record(reason, call_id)
+            .then(|| crate::reply::denied(reason, retry_after, &self.policy.allow))
+    }
+
+    /// Counts and logs a failed check, per mode, without making its reply (a header check's
+    /// reply comes with the request's decision). True when the mode answers it (enforce).
+    pub fn record(&self, reason: Reason, call_id: &str) -> bool {
         match self.policy.mode {
             PolicyMode::Enforce => {
                 if let Some(stat) = self.denied.get(index(reason)) {
@@ -164,11 +150,7 @@ impl<H: Host> Enforcer<H> {
                     self.function,
                     reason.tag()
                 );
-                Some(crate::reply::denied(
-                    reason,
-                    retry_after,
-                    &self.policy.allow,
-                ))
+                true
             }
             PolicyMode::Audit => {
                 if let Some(stat) = self.audited.get(index(reason)) {
@@ -179,10 +161,52 @@ impl<H: Host> Enforcer<H> {
                     self.function,
                     reason.tag()
                 );
-                None
+                false
             }
-            PolicyMode::Off => None,
+            PolicyMode::Off => false,
         }
+    }
+
+    /// Whether the policy answers denials (not audit, not off).
+    pub fn enforcing(&self) -> bool {
+        self.policy.mode == PolicyMode::Enforce
+    }
+
+    /// A request's admission after its header checks: takes a rate-limit token and an in-flight
+    /// slot from the pod's shared counters (`slot_taken` is set when it took a slot, to give back
+    /// in `on_done`). The reply to send when one is refused in enforce mode; audit mode counts
+    /// and logs, and the request goes on. `allowed_so_far`: no header check denied it (for the
+    /// `allowed` stat).
+    #[inline(never)]
+    pub fn admit_call(
+        &self,
+        call_id: &str,
+        allowed_so_far: bool,
+        slot_taken: &mut bool,
+    ) -> Option<LocalReply> {
+        let mut denied = !allowed_so_far;
+        if self.policy.rate_limit.is_some() || self.policy.max_inflight.is_some() {
+            let admission = self.admit(self.host.now_ms());
+            *slot_taken = admission.slot == Some(true);
+            if let Err(ms) = admission.rate {
+                denied = true;
+                let reply = self.deny(Reason::RateLimit, call_id, ms.div_ceil(1000));
+                if reply.is_some() {
+                    return reply;
+                }
+            }
+            if admission.slot == Some(false) {
+                denied = true;
+                let reply = self.deny(Reason::Inflight, call_id, 1);
+                if reply.is_some() {
+                    return reply;
+                }
+            }
+        }
+        if !denied {
+            self.allowed.add(&self.host, 1);
+        }
+        None
     }
 
     /// Takes a rate-limit token and an in-flight slot in one compare-and-swap of the pod's
@@ -438,13 +462,13 @@ mod tests {
     fn identity_comes_from_the_connection_only() {
         let pod = Pod::new();
         let p = policy(r#"{"policy":{"default":{"principals":["spiffe://a/*"]}}}"#);
-        let (vm, e) = enforcer(&pod, &p);
-        assert_eq!(e.peer(), (false, None));
+        let vm = pod.worker();
+        assert_eq!(peer_of(&vm, true), (false, None));
         vm.set_property(b"connection\0mtls", &[1]);
-        assert_eq!(e.peer(), (true, None));
+        assert_eq!(peer_of(&vm, true), (true, None));
         vm.set_property(b"connection\0uri_san_peer_certificate", b"spiffe://a/b");
         vm.clear_calls();
-        let (mtls, peer) = e.peer();
+        let (mtls, peer) = peer_of(&vm, true);
         assert!(mtls);
         assert_eq!(p.check_peer(mtls, peer.as_deref()), Ok(()));
         assert_eq!(
