@@ -19,6 +19,10 @@ pub mod fake;
 
 /// One HTTP request through the filter: Envoy's stream callbacks, on any host.
 pub mod call;
+#[cfg(test)]
+mod call_tests;
+#[cfg(test)]
+mod call_tests_body;
 /// The readiness gate on one worker (the host side of [`crate::gate`]).
 pub mod gate;
 /// The policy on one worker (the host side of [`crate::policy`]).
