@@ -18,7 +18,8 @@
 //! [`host`] is everything that talks to Envoy: the [`host::Host`] interface (the ABI on wasm32,
 //! an in-memory fake for native tests), the gate and the policy on one worker
 //! ([`host::gate`], [`host::policy`], twins of the pure modules of the same name), and Envoy's
-//! callbacks (`host::filter`, wasm32 only).
+//! callbacks on any host ([`host::root`], [`host::call`], [`host::startup`]; the proxy-wasm entry
+//! `host::wasm_entry` is wasm32 only).
 #![cfg_attr(
     test,
     allow(

@@ -1,6 +1,5 @@
 //! The host calls the filter makes, declared against the proxy-wasm ABI (0.2.1) directly: the
-//! real [`Host`] ([`Abi`]), and the calls only the request callbacks make (header maps, the
-//! plugin configuration, the log).
+//! real [`Host`] ([`Abi`]), and the log ([`HostLogger`]).
 //!
 //! The SDK's own wrappers panic on any status they did not expect and decode header values as
 //! UTF-8 with `unwrap`, so a header carrying a byte above 0x7F would trap the VM. These return
@@ -147,7 +146,8 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), HostError> {
     }
 }
 
-pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+/// The plugin configuration (`None` when the host has none or it is empty).
+pub fn plugin_configuration() -> Result<Option<Vec<u8>>, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: out-pointers outlive the call; the buffer is taken over right after.
     let code = unsafe {
@@ -160,8 +160,9 @@ pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
         )
     };
     match code {
-        OK => Ok(unsafe { take_buffer(data, size) }),
-        NOT_FOUND => Ok(Vec::new()),
+        OK if data.is_null() || size == 0 => Ok(None),
+        OK => Ok(Some(unsafe { take_buffer(data, size) })),
+        NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }
 }
@@ -407,6 +408,22 @@ impl Host for Abi {
     }
     fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
         header(map, name)
+    }
+    fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        plugin_configuration()
+    }
+    #[inline]
+    fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError> {
+        header_map(map)
+    }
+    fn set_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        set_header(map, name, value)
+    }
+    fn add_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        add_header(map, name, value)
+    }
+    fn remove_header(&self, map: MapType, name: &str) -> Result<(), HostError> {
+        remove_header(map, name)
     }
     fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
         shared_data(key)

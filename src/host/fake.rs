@@ -3,7 +3,8 @@
 //! A [`Pod`] is what Envoy shares between its workers (shared data with compare-and-swap,
 //! metrics by name, the clock); each [`Fake`] made from it is one worker's VM, with what Envoy
 //! keeps per VM (the tick period, the effective context, dispatched calls and their answers,
-//! local replies, resumed requests, properties) and a log of every call it made.
+//! local replies, resumed requests, properties, the plugin configuration, the header maps of the
+//! request being handled) and a log of every call it made.
 
 use super::{Host, HostError};
 use proxy_wasm::types::{MapType, MetricType};
@@ -93,8 +94,10 @@ struct VmState {
     /// (token, cluster, authority, path)
     dispatched: Vec<(u32, String, String, String)>,
     next_token: u32,
-    /// Headers of the dispatched call being answered (`HttpCallResponseHeaders`).
-    call_response: Vec<(String, Vec<u8>)>,
+    /// The header maps of the request being handled (and `HttpCallResponseHeaders`: the
+    /// dispatched call being answered), in order.
+    maps: HashMap<MapType, Vec<(String, Vec<u8>)>>,
+    plugin_configuration: Option<Vec<u8>>,
     properties: HashMap<Vec<u8>, Vec<u8>>,
     entropy: u8,
     calls: Vec<String>,
@@ -150,10 +153,36 @@ impl Fake {
     /// Sets the headers the next `header(HttpCallResponseHeaders, …)` reads (an answer to a
     /// dispatched call; an empty list is a call that failed).
     pub fn answer_with(&self, headers: &[(&str, &str)]) {
-        self.vm.borrow_mut().call_response = headers
+        self.set_map(MapType::HttpCallResponseHeaders, headers);
+    }
+
+    /// Replaces a header map (the request's or the response's headers as Envoy hands them over).
+    pub fn set_map(&self, map: MapType, headers: &[(&str, &str)]) {
+        let pairs = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
             .collect();
+        self.vm.borrow_mut().maps.insert(map, pairs);
+    }
+
+    /// A header map as the filter left it.
+    pub fn map(&self, map: MapType) -> Vec<(String, String)> {
+        self.vm
+            .borrow()
+            .maps
+            .get(&map)
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The plugin configuration the next `plugin_configuration()` hands over.
+    pub fn set_plugin_configuration(&self, json: &str) {
+        self.vm.borrow_mut().plugin_configuration = Some(json.as_bytes().to_vec());
     }
 
     pub fn set_property(&self, path: &[u8], value: &[u8]) {
@@ -166,10 +195,12 @@ impl Fake {
 
 impl Host for Fake {
     fn now_nanos(&self) -> Result<u64, HostError> {
+        self.log("now_nanos".to_string());
         Ok(self.pod.0.borrow().now_nanos)
     }
 
     fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        self.log(format!("random_bytes {}", buf.len()));
         let mut vm = self.vm.borrow_mut();
         for b in buf.iter_mut() {
             vm.entropy = vm.entropy.wrapping_add(37);
@@ -185,16 +216,58 @@ impl Host for Fake {
 
     fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.log(format!("header {name}"));
-        if map != MapType::HttpCallResponseHeaders {
-            return Ok(None);
-        }
-        Ok(self
-            .vm
-            .borrow()
-            .call_response
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone()))
+        let vm = self.vm.borrow();
+        let found = vm.maps.get(&map).and_then(|pairs| {
+            pairs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        });
+        Ok(found)
+    }
+
+    fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        self.log("plugin_configuration".to_string());
+        Ok(self.vm.borrow().plugin_configuration.clone())
+    }
+
+    fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError> {
+        self.log(format!("header_map {map:?}"));
+        let vm = self.vm.borrow();
+        let pairs: Vec<(&str, &str)> = vm
+            .maps
+            .get(&map)
+            .into_iter()
+            .flatten()
+            .map(|(n, v)| (n.as_str(), std::str::from_utf8(v).unwrap_or("")))
+            .collect();
+        Ok(crate::header_map::serialize(&pairs))
+    }
+
+    fn set_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.log(format!("set_header {name}"));
+        let mut vm = self.vm.borrow_mut();
+        let pairs = vm.maps.entry(map).or_default();
+        pairs.retain(|(n, _)| n != name);
+        pairs.push((name.to_string(), value.to_vec()));
+        Ok(())
+    }
+
+    fn add_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.log(format!("add_header {name}"));
+        let mut vm = self.vm.borrow_mut();
+        vm.maps
+            .entry(map)
+            .or_default()
+            .push((name.to_string(), value.to_vec()));
+        Ok(())
+    }
+
+    fn remove_header(&self, map: MapType, name: &str) -> Result<(), HostError> {
+        self.log(format!("remove_header {name}"));
+        let mut vm = self.vm.borrow_mut();
+        vm.maps.entry(map).or_default().retain(|(n, _)| n != name);
+        Ok(())
     }
 
     fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
@@ -267,6 +340,7 @@ impl Host for Fake {
     }
 
     fn resume_request(&self) -> Result<(), HostError> {
+        self.log("resume_request".to_string());
         let mut vm = self.vm.borrow_mut();
         let context = vm.effective;
         vm.resumed.push(context);
@@ -280,6 +354,7 @@ impl Host for Fake {
         body: &[u8],
         headers: &[u8],
     ) -> Result<(), HostError> {
+        self.log(format!("send_local_response {status_code}"));
         let mut vm = self.vm.borrow_mut();
         let context_id = vm.effective;
         vm.sent.push(Sent {

@@ -17,13 +17,24 @@ pub use abi::*;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake;
 
-/// Envoy's callbacks: a request in, the pure core's decision, host calls out.
-#[cfg(target_arch = "wasm32")]
-mod filter;
+/// One HTTP request through the filter: Envoy's stream callbacks, on any host.
+pub mod call;
+#[cfg(test)]
+mod call_tests;
+#[cfg(test)]
+mod call_tests_body;
 /// The readiness gate on one worker (the host side of [`crate::gate`]).
 pub mod gate;
 /// The policy on one worker (the host side of [`crate::policy`]).
 pub mod policy;
+/// The plugin's root context: configuration, the tick, probe answers; makes the [`call::Call`]s.
+pub mod root;
+/// Start-up: the configuration, what the node metadata says about the pod, the VM's id.
+pub mod startup;
+/// The proxy-wasm entry: `proxy_wasm::main!` and the SDK's traits, forwarding to [`root`] and
+/// [`call`].
+#[cfg(target_arch = "wasm32")]
+mod wasm_entry;
 
 /// One of the filter's stats on the host, defined once per VM (the same name on every worker is
 /// one stat) and moved through this handle only.
@@ -82,6 +93,17 @@ pub trait Host {
     fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError>;
     /// One header of a header map (`None` when absent).
     fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError>;
+    /// The plugin configuration as the host handed it over (`None`: empty).
+    fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// A whole header map, serialized in the proxy-wasm pair format read by
+    /// [`crate::header_map`].
+    fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError>;
+    /// Sets a header, replacing any value it had (added when absent).
+    fn set_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Appends a header without looking for an existing one (cheaper than a replace).
+    fn add_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Removes every value of a header.
+    fn remove_header(&self, map: MapType, name: &str) -> Result<(), HostError>;
     /// A shared-data record (process-wide) and its compare-and-swap token.
     fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError>;
     /// Writes a record if nobody wrote it since `cas` was read (`cas` 0: always).
@@ -153,20 +175,4 @@ pub trait Host {
             let _ = self.set_shared_data(key, initial, 0);
         }
     }
-}
-
-/// [`Host::update_shared_data`] on the real host (for the request callbacks).
-#[cfg(target_arch = "wasm32")]
-pub fn update_shared_data<T>(
-    key: &str,
-    rounds: usize,
-    change: impl FnMut(Option<&[u8]>) -> (Option<Vec<u8>>, T),
-) -> Option<T> {
-    Abi.update_shared_data(key, rounds, change)
-}
-
-/// [`Host::create_shared_data`] on the real host.
-#[cfg(target_arch = "wasm32")]
-pub fn create_shared_data(key: &str, initial: &[u8]) {
-    Abi.create_shared_data(key, initial);
 }

@@ -44,17 +44,6 @@ impl Default for Owner {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-thread_local! {
-    static VM_OWNER: Rc<Owner> = Rc::new(Owner::new());
-}
-
-/// The owner of this VM's slots (one VM per thread in Envoy), shared by its root contexts.
-#[cfg(target_arch = "wasm32")]
-pub fn vm_owner() -> Rc<Owner> {
-    VM_OWNER.with(Rc::clone)
-}
-
 /// The connection's mTLS state and peer SPIFFE ID, never a request header. A URI SAN on the
 /// peer certificate proves mTLS, so `connection.mtls` is read only when there is none and
 /// `ask_mtls` (the policy needs it; telling the gateway apart needs only the SAN).
@@ -140,19 +129,16 @@ impl<H: Host> Enforcer<H> {
         &self.policy
     }
 
-    /// The connection's mTLS state and peer SPIFFE ID (see [`peer_of`]).
-    pub fn peer(&self) -> (bool, Option<Vec<u8>>) {
-        peer_of(&self.host, true)
-    }
-
-    /// A request passed every check.
-    pub fn count_allowed(&self) {
-        self.allowed.add(&self.host, 1);
-    }
-
     /// A check failed. Enforce: the reply to send. Audit: counted and logged, the request goes
     /// on (`None`).
     pub fn deny(&self, reason: Reason, call_id: &str, retry_after: u64) -> Option<LocalReply> {
+        self.record(reason, call_id)
+            .then(|| crate::reply::denied(reason, retry_after, &self.policy.allow))
+    }
+
+    /// Counts and logs a failed check, per mode, without making its reply (a header check's
+    /// reply comes with the request's decision). True when the mode answers it (enforce).
+    pub fn record(&self, reason: Reason, call_id: &str) -> bool {
         match self.policy.mode {
             PolicyMode::Enforce => {
                 if let Some(stat) = self.denied.get(index(reason)) {
@@ -163,11 +149,7 @@ impl<H: Host> Enforcer<H> {
                     self.function,
                     reason.tag()
                 );
-                Some(crate::reply::denied(
-                    reason,
-                    retry_after,
-                    &self.policy.allow,
-                ))
+                true
             }
             PolicyMode::Audit => {
                 if let Some(stat) = self.audited.get(index(reason)) {
@@ -178,10 +160,52 @@ impl<H: Host> Enforcer<H> {
                     self.function,
                     reason.tag()
                 );
-                None
+                false
             }
-            PolicyMode::Off => None,
+            PolicyMode::Off => false,
         }
+    }
+
+    /// Whether the policy answers denials (not audit, not off).
+    pub fn enforcing(&self) -> bool {
+        self.policy.mode == PolicyMode::Enforce
+    }
+
+    /// A request's admission after its header checks: takes a rate-limit token and an in-flight
+    /// slot from the pod's shared counters (`slot_taken` is set when it took a slot, to give back
+    /// in `on_done`). The reply to send when one is refused in enforce mode; audit mode counts
+    /// and logs, and the request goes on. `allowed_so_far`: no header check denied it (for the
+    /// `allowed` stat).
+    #[inline(never)]
+    pub fn admit_call(
+        &self,
+        call_id: &str,
+        allowed_so_far: bool,
+        slot_taken: &mut bool,
+    ) -> Option<LocalReply> {
+        let mut denied = !allowed_so_far;
+        if self.policy.rate_limit.is_some() || self.policy.max_inflight.is_some() {
+            let admission = self.admit(self.host.now_ms());
+            *slot_taken = admission.slot == Some(true);
+            if let Err(ms) = admission.rate {
+                denied = true;
+                let reply = self.deny(Reason::RateLimit, call_id, ms.div_ceil(1000));
+                if reply.is_some() {
+                    return reply;
+                }
+            }
+            if admission.slot == Some(false) {
+                denied = true;
+                let reply = self.deny(Reason::Inflight, call_id, 1);
+                if reply.is_some() {
+                    return reply;
+                }
+            }
+        }
+        if !denied {
+            self.allowed.add(&self.host, 1);
+        }
+        None
     }
 
     /// Takes a rate-limit token and an in-flight slot in one compare-and-swap of the pod's
@@ -317,143 +341,5 @@ impl<H: Host> Enforcer<H> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::host::fake::{Fake, Pod};
-    use crate::policy::OWNER_EXPIRY_MS;
-
-    fn policy(json: &str) -> Policy {
-        let config = Config::parse(json.as_bytes()).unwrap();
-        Policy::compile(&config.policy.default)
-    }
-
-    fn enforcer(pod: &Pod, p: &Policy) -> (Fake, Enforcer<Fake>) {
-        let vm = pod.worker();
-        let e = Enforcer::new(vm.clone(), Rc::new(Owner::new()), p, "env");
-        (vm, e)
-    }
-
-    const METRIC: &str = "faas_mesh_filter.function.env.";
-
-    #[test]
-    fn in_flight_slots_hold_across_two_workers_and_come_back() {
-        let pod = Pod::new();
-        let p = policy(r#"{"policy":{"default":{"max_inflight":2}}}"#);
-        let (_, a) = enforcer(&pod, &p);
-        let (_, b) = enforcer(&pod, &p);
-        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true));
-        assert_eq!(b.admit(pod_ms(&pod)).slot, Some(true));
-        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(false), "third in the pod");
-        assert_eq!(b.admit(pod_ms(&pod)).slot, Some(false));
-        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 2);
-        b.release_inflight();
-        assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true), "b's slot is free");
-        a.release_inflight();
-        a.release_inflight();
-        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 0);
-    }
-
-    #[test]
-    fn slots_survive_contention_on_the_record() {
-        let pod = Pod::new();
-        let p = policy(r#"{"policy":{"default":{"max_inflight":3}}}"#);
-        let (_, a) = enforcer(&pod, &p);
-        let (_, b) = enforcer(&pod, &p);
-        for _ in 0..3 {
-            pod.conflict_next_writes(5);
-            assert_eq!(a.admit(pod_ms(&pod)).slot, Some(true));
-        }
-        assert_eq!(
-            b.admit(pod_ms(&pod)).slot,
-            Some(false),
-            "no update was lost"
-        );
-    }
-
-    #[test]
-    fn a_dead_vms_slots_return_after_the_expiry_and_a_live_ones_do_not() {
-        let pod = Pod::new();
-        let p = policy(r#"{"policy":{"default":{"max_inflight":2}}}"#);
-        let (_, dead) = enforcer(&pod, &p);
-        let (_, live) = enforcer(&pod, &p);
-        assert_eq!(dead.admit(pod_ms(&pod)).slot, Some(true));
-        assert_eq!(live.admit(pod_ms(&pod)).slot, Some(true));
-        drop(dead); // trapped: never releases, never beats again
-        assert_eq!(
-            live.admit(pod_ms(&pod)).slot,
-            Some(false),
-            "full while both count"
-        );
-        // The live VM keeps its slot alive with its heartbeat; the dead one expires (the
-        // heartbeat or the next admission gives it back).
-        for _ in 0..(OWNER_EXPIRY_MS / HEARTBEAT_MS + 1) {
-            pod.advance_ms(HEARTBEAT_MS);
-            live.on_tick();
-        }
-        assert_eq!(
-            live.admit(pod_ms(&pod)).slot,
-            Some(true),
-            "the dead VM's slot came back"
-        );
-        assert_eq!(
-            live.admit(pod_ms(&pod)).slot,
-            Some(false),
-            "the live ones stay"
-        );
-        assert_eq!(pod.metric(&format!("{METRIC}policy.inflight")), 2);
-    }
-
-    #[test]
-    fn each_mode_answers_counts_and_logs_as_documented() {
-        let pod = Pod::new();
-        let rules = r#""methods":["GET"],"max_inflight":1"#;
-        for (mode, answers) in [("enforce", true), ("audit", false), ("off", false)] {
-            let p = policy(&format!(
-                r#"{{"policy":{{"default":{{"mode":"{mode}",{rules}}}}}}}"#
-            ));
-            let (_, e) = enforcer(&pod, &p);
-            let reply = e.deny(Reason::Method, "id-1", 0);
-            assert_eq!(reply.is_some(), answers, "{mode}");
-            if let Some(reply) = reply {
-                assert_eq!(reply.status, 405);
-            }
-        }
-        assert_eq!(
-            pod.metric(&format!("{METRIC}policy.reason.method.denied")),
-            1
-        );
-        assert_eq!(
-            pod.metric(&format!("{METRIC}policy.reason.method.audited")),
-            1
-        );
-        // Audit never refuses a slot: the request goes on and the would-be denial is counted.
-        let p = policy(r#"{"policy":{"default":{"mode":"audit","max_inflight":1}}}"#);
-        let (_, e) = enforcer(&pod, &p);
-        assert_ne!(e.admit(pod_ms(&pod)).slot, Some(false));
-    }
-
-    #[test]
-    fn identity_comes_from_the_connection_only() {
-        let pod = Pod::new();
-        let p = policy(r#"{"policy":{"default":{"principals":["spiffe://a/*"]}}}"#);
-        let (vm, e) = enforcer(&pod, &p);
-        assert_eq!(e.peer(), (false, None));
-        vm.set_property(b"connection\0mtls", &[1]);
-        assert_eq!(e.peer(), (true, None));
-        vm.set_property(b"connection\0uri_san_peer_certificate", b"spiffe://a/b");
-        vm.clear_calls();
-        let (mtls, peer) = e.peer();
-        assert!(mtls);
-        assert_eq!(p.check_peer(mtls, peer.as_deref()), Ok(()));
-        assert_eq!(
-            vm.calls().len(),
-            1,
-            "a URI SAN proves mTLS: one property read"
-        );
-    }
-
-    fn pod_ms(pod: &Pod) -> u64 {
-        pod.worker().now_ms()
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

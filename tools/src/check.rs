@@ -16,7 +16,7 @@ use faas_mesh_filter::policy::{PolicyMode, PolicyRules};
 use serde_json::Value;
 use std::fmt::Write;
 
-/// The sidecar's log line for a refused configuration (`filter.rs`, `on_configure`), without
+/// The sidecar's log line for a refused configuration (`host/root.rs`, `on_configure`), without
 /// Envoy's `wasm log <plugin> <root id>:` prefix.
 pub fn refusal_message(problem: &str) -> String {
     format!("invalid configuration: {problem}")
