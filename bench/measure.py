@@ -2,6 +2,7 @@
 callgrind, requests/s and latency with wrk, Envoy's memory; the smoke run; results.json, from
 which `report` writes everything else."""
 
+import http.client
 import json
 import os
 import platform
