@@ -27,8 +27,10 @@ RENDER     = cargo run --quiet -p faas-mesh-tools --bin faas-mesh-render --
 # Benchmark: a no-op wasm filter (the floor) and the stand-in function as the upstream.
 NOOP_WASM := target/bench-noop/$(TARGET)/release/noop_filter.wasm
 UPSTREAM  := target/release/stand-in-function
+# Every variant's Envoy bootstrap, built from the shipped manifests by the integration crate.
+BENCH_BOOTSTRAP := target/release/bench-bootstrap
 BENCH_VENV := .venv/bench
-BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --upstream $(UPSTREAM)
+BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --upstream $(UPSTREAM) --bootstrap $(BENCH_BOOTSTRAP)
 # Requests counted by callgrind per variant, after the warm-up; BENCH_FLAGS: more bench.py options
 # (`python3 bench/bench.py --help`), e.g. BENCH_FLAGS="--only plain,default".
 BENCH_REQUESTS ?= 2000
@@ -244,7 +246,7 @@ fuzz-smoke: ## every fuzz target for 10 s (part of `make test`)
 
 bench-build: build
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop
-	cargo build --quiet --release -p faas-mesh-integration --bin stand-in-function
+	cargo build --quiet --release -p faas-mesh-integration --bin stand-in-function --bin bench-bootstrap
 
 $(BENCH_VENV)/.installed:
 	python3 -m venv $(BENCH_VENV)
