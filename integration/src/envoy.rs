@@ -149,38 +149,6 @@ impl EnvoyOptions {
     }
 }
 
-/// The text [`Envoy::start`] would start Envoy with, for a caller that runs Envoy itself (the
-/// benchmark, `bench-bootstrap`): the bootstrap (YAML) and the ECDS document it names at
-/// `ecds_path` (JSON), built from the manifest exactly as a test's (Envoy's tracer off: no
-/// `hcm_tracing`, whose collector a test owns).
-pub fn bootstrap_yaml(options: &EnvoyOptions, ecds_path: &Path) -> io::Result<(String, String)> {
-    let wasm = match &options.wasm {
-        Some(path) => path.clone(),
-        None => filter_wasm()?,
-    };
-    let failure_policy = if options.fail_open {
-        Some("FAIL_OPEN".to_string())
-    } else {
-        options.failure_policy.clone()
-    };
-    let patches = match &options.manifest {
-        Some(path) => Patches::load(path),
-        None => Patches::from_repository(),
-    }
-    .map_err(io::Error::other)?;
-    let ecds = ecds_document(
-        &patches,
-        &wasm,
-        &options.plugin_config,
-        1,
-        failure_policy.as_deref(),
-    );
-    let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
-    let bootstrap = bootstrap(options, &patches, ecds_path, stats_tags, None);
-    let yaml = serde_yaml::to_string(&bootstrap).map_err(io::Error::other)?;
-    Ok((yaml, serde_json::to_string_pretty(&ecds)?))
-}
-
 /// A running Envoy; killed when dropped.
 pub struct Envoy {
     process: EnvoyProcess,

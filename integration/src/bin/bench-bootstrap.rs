@@ -21,7 +21,7 @@
 //! over the default one (same cluster, same timeout). Listener and admin ports are 0 (Envoy
 //! picks; read them back from its admin API); the worker count is Envoy's `--concurrency`.
 
-use faas_mesh_integration::envoy::{bootstrap_yaml, EnvoyOptions};
+use faas_mesh_integration::envoy::EnvoyOptions;
 use faas_mesh_integration::tls::ServerTls;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -66,8 +66,13 @@ fn run() -> Result<String, String> {
     }
     options.wasm = args.wasm.as_ref().map(absolute).transpose()?;
     options.tls = args.tls;
-    let (yaml, ecds) =
-        bootstrap_yaml(&options, &absolute(&args.ecds)?).map_err(|e| e.to_string())?;
+    // The ECDS document goes where the bootstrap names it: `extension-config.json` beside it.
+    let ecds = absolute(&args.ecds)?;
+    let dir = ecds.parent().ok_or("--ecds names no folder")?;
+    if ecds.file_name() != Some(std::ffi::OsStr::new("extension-config.json")) {
+        return Err("--ecds must be <folder>/extension-config.json".into());
+    }
+    let yaml = options.bootstrap_yaml(dir).map_err(|e| e.to_string())?;
     let mut bootstrap: Value = serde_yaml::from_str(&yaml).map_err(|e| e.to_string())?;
     let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"];
@@ -78,8 +83,7 @@ fn run() -> Result<String, String> {
         return Err("expected the manifest's filter and the router in http_filters".into());
     }
     match &args.filter {
-        Filter::Shipped => std::fs::write(&args.ecds, ecds)
-            .map_err(|e| format!("writing {}: {e}", args.ecds.display()))?,
+        Filter::Shipped => {}
         Filter::None => {
             filters.remove(0);
         }
