@@ -133,16 +133,7 @@ async fn handle(
     }
     let at = Instant::now();
     let method = req.method().to_string();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = crate::http::header_pairs(req.headers());
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes().to_vec(),
         Err(_) => return Ok(reply(400, "text/plain", b"incomplete request".to_vec())),
