@@ -23,6 +23,8 @@ pub mod call;
 mod call_tests;
 #[cfg(test)]
 mod call_tests_body;
+#[cfg(test)]
+mod call_tests_ticks;
 /// The readiness gate on one worker (the host side of [`crate::gate`]).
 pub mod gate;
 /// The policy on one worker (the host side of [`crate::policy`]).
