@@ -9,7 +9,7 @@ use std::path::Path;
 pub struct Patches {
     /// CLUSTER (SIDECAR_INBOUND): the local cluster the readiness probe uses.
     pub cluster: Value,
-    /// EXTENSION_CONFIG: `{name, typed_config}` of the Wasm filter.
+    /// EXTENSION_CONFIG: `{name, typed_config}` of the filter (Wasm, or dynamic module).
     pub extension_config: Value,
     /// HTTP_FILTER (SIDECAR_INBOUND, INSERT_BEFORE the router): `{name, config_discovery}`.
     pub http_filter: Value,
@@ -95,6 +95,15 @@ impl Patches {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The plugin configuration the manifest carries: the Wasm filter's `configuration`, or the
+    /// dynamic-modules filter's `filter_config` (a StringValue either way).
+    pub fn plugin_config(&self) -> Option<&str> {
+        let typed_config = &self.extension_config["typed_config"];
+        typed_config["config"]["configuration"]["value"]
+            .as_str()
+            .or_else(|| typed_config["filter_config"]["value"].as_str())
     }
 
     /// The readiness cluster's name.

@@ -2,16 +2,26 @@
 //! refused with the key named while the old keeps serving, and a new module version takes over,
 //! with no request of the stream failing at any push.
 
-use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::filter_build::FilterBuild;
 use faas_mesh_integration::http::{self, Request};
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The module with a custom section appended: the same code, a different file and hash, as a
-/// new release would be.
-fn next_version(wasm: &[u8]) -> Vec<u8> {
+/// The module of the build under test, as a new release would be: the same code, a different
+/// file and hash.
+fn next_version(module: &[u8]) -> Vec<u8> {
+    match FilterBuild::current() {
+        FilterBuild::Wasm => next_wasm_version(module),
+        // Bytes after the end of an ELF file: the loader maps only what its headers name.
+        FilterBuild::Native => [module, b"faas-mesh-filter.test-version 2".as_slice()].concat(),
+    }
+}
+
+/// A Wasm module with a custom section appended.
+fn next_wasm_version(wasm: &[u8]) -> Vec<u8> {
     let name = b"faas-mesh-filter.test-version";
     let payload = b"2";
     let mut section = vec![name.len() as u8];
@@ -102,8 +112,16 @@ async fn pushes_under_load_lose_no_request() {
 
     // (c) A new module version takes over.
     let dir = tempfile::tempdir().expect("tempdir");
-    let next = dir.path().join("faas_mesh_filter-next.wasm");
-    let current = std::fs::read(filter_wasm().expect("module")).expect("module");
+    let build = FilterBuild::current();
+    let current = build.module().expect("module");
+    let next = dir.path().join(format!(
+        "next-{}",
+        current
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a module file name")
+    ));
+    let current = std::fs::read(current).expect("module");
     std::fs::write(&next, next_version(&current)).expect("write");
     assert_eq!(
         envoy.push(policy, &next).await.expect("push"),
@@ -183,7 +201,8 @@ async fn misleading_configurations_are_refused_and_the_serving_rule_stays() {
 
 /// A policy for a whole cluster (about 1 MiB, tens of thousands of functions) loads, the
 /// sidecar keeps only its own function's rules, and Envoy's memory grows by a bounded amount
-/// (wasm memory is never given back); one byte more than the limit is refused, naming it.
+/// (wasm memory is never given back; the bound holds for the native build too); one byte more
+/// than the limit is refused, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_sized_policy_costs_the_sidecar_only_its_own_function() {
     let function = StandInFunction::start().await.expect("function");

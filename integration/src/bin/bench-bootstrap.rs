@@ -64,7 +64,7 @@ fn run() -> Result<String, String> {
     if let Some(path) = &args.config_file {
         options.plugin_config = read(path)?;
     }
-    options.wasm = args.wasm.as_ref().map(absolute).transpose()?;
+    options.module = args.wasm.as_ref().map(absolute).transpose()?;
     options.tls = args.tls;
     // The ECDS document goes where the bootstrap names it: `extension-config.json` beside it.
     let ecds = absolute(&args.ecds)?;
