@@ -342,8 +342,9 @@ impl EnvoyOptions {
                 failure_policy.as_deref(),
             )?,
         )?;
-        let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
-        let bootstrap = bootstrap(self, &patches, &ecds_path, stats_tags, collector_port);
+        let mut bootstrap = bootstrap(self, &patches, &ecds_path, collector_port);
+        let observability = crate::manifest::bootstrap_override().map_err(io::Error::other)?;
+        crate::manifest::merge_bootstrap(&mut bootstrap, &observability);
         Ok(Rendered {
             patches,
             module,
@@ -673,7 +674,6 @@ fn bootstrap(
     options: &EnvoyOptions,
     patches: &Patches,
     ecds_path: &Path,
-    stats_tags: Value,
     collector_port: Option<u16>,
 ) -> Value {
     let function = options
@@ -820,7 +820,6 @@ fn bootstrap(
     }
 
     json!({
-        "stats_config": { "stats_tags": stats_tags },
         "node": {
             "id": format!("sidecar~127.0.0.1~{function}-7c9d8b6f5-x2x4z.{namespace}~{namespace}.svc.cluster.local"),
             "cluster": format!("{function}.{namespace}"),

@@ -6,7 +6,7 @@ use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::filter_build::FilterBuild;
 use faas_mesh_integration::http::{self, Request};
 use faas_mesh_integration::stand_in::StandInFunction;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,25 @@ async fn settled_delete_status(envoy: &Envoy, want: u16) -> u16 {
     }
 }
 
+/// Waits (bounded) until the stream has had `more` answers since `since`: each push is followed
+/// by traffic whatever the time the push took (a native module loads in milliseconds, a Wasm
+/// module is compiled by V8 on every worker).
+async fn stream_goes_on(answered: &AtomicUsize, since: usize, more: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = answered.load(Ordering::SeqCst);
+        if now >= since + more {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream stalled: {} answers in 60 s",
+            now - since
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_under_load_lose_no_request() {
     let function = StandInFunction::start().await.expect("function");
@@ -66,9 +85,10 @@ async fn pushes_under_load_lose_no_request() {
 
     // The stream: four clients, one request at a time each, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..4 {
-        let (stop, addr) = (stop.clone(), envoy.addr());
+        let (stop, answered, addr) = (stop.clone(), answered.clone(), envoy.addr());
         clients.spawn(async move {
             let mut statuses = Vec::new();
             let mut i = 0;
@@ -83,12 +103,14 @@ async fn pushes_under_load_lose_no_request() {
                     Err(_) => 0, // a reset or no answer counts as a failure
                 };
                 statuses.push(status);
+                answered.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
             statuses
         });
     }
     assert_eq!(delete_status(&envoy).await, 200, "no policy yet");
+    let mut seen = stream_goes_on(&answered, 0, 25).await;
 
     // (a) A new valid policy applies.
     let policy = r#"{"policy": {"default": {"methods": ["GET", "POST"]}}}"#;
@@ -97,6 +119,7 @@ async fn pushes_under_load_lose_no_request() {
         ConfigOutcome::Accepted
     );
     assert_eq!(settled_delete_status(&envoy, 405).await, 405);
+    seen = stream_goes_on(&answered, seen, 25).await;
 
     // (b) An invalid one is refused, named, and the valid one keeps serving.
     let invalid = r#"{"policy": {"default": {"methods": "GET"}}}"#;
@@ -109,6 +132,7 @@ async fn pushes_under_load_lose_no_request() {
     let log = envoy.log_when(|log| log.contains(message)).await;
     assert!(log.contains(message), "{log}");
     assert_eq!(delete_status(&envoy).await, 405);
+    seen = stream_goes_on(&answered, seen, 25).await;
 
     // (c) A new module version takes over.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -128,6 +152,7 @@ async fn pushes_under_load_lose_no_request() {
         ConfigOutcome::Accepted
     );
     assert_eq!(settled_delete_status(&envoy, 405).await, 405);
+    stream_goes_on(&answered, seen, 25).await;
 
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
