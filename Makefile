@@ -30,10 +30,10 @@ NATIVE_VENV          := .venv/envoy-$(NATIVE_ENVOY_VERSION)
 NATIVE_ENVOY_BIN      = $(shell ls -1 $(CURDIR)/$(NATIVE_VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 # Every file of integration/tests is in exactly one list (`make integration-suites` checks): the
 # suites both builds run; those that prove facts of the Wasm build only (a trapping VM and
-# failure_policy, the wasm delivery and Istio's WasmPlugin, the soak); and those of the native
-# build only (how Envoy 1.40 loads the module, its exports).
-BOTH_SUITES        := annotations bodies faults foundation hostile observability one_trace openfaas policy readiness reconfigure
-WASM_ONLY_SUITES   := delivery istio soak trap
+# failure_policy, the wasm delivery: ConfigMap, OCI image, Istio's WasmPlugin); and those of the
+# native build only (how Envoy 1.40 loads the module, its exports).
+BOTH_SUITES        := annotations bodies faults foundation hostile observability one_trace openfaas policy readiness reconfigure soak
+WASM_ONLY_SUITES   := delivery istio trap
 NATIVE_ONLY_SUITES := native
 
 # Delivery: the operator's configuration file, where rendered manifests go, the image reference.
