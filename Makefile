@@ -68,6 +68,10 @@ export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 RELEASE_OUT       ?= target/release-bundle
 RELEASE_DIR        = $(RELEASE_OUT)/faas-mesh-filter-$(VERSION)
 CHECKER_TARGETS   := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+# The native module (an Envoy dynamic module, a glibc .so) for both architectures; arm64 is linked
+# by Debian's cross toolchain (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross).
+NATIVE_TARGETS    := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
+CROSS_PACKAGES    := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 # The release's toolchain is pinned, so a rebuild anywhere, later, gives the same bytes.
 RELEASE_TOOLCHAIN ?= 1.95.0
 # Archive times come from the commit, not the clock; passed on so a copy without .git agrees.
@@ -189,11 +193,17 @@ release-setup:
 	@rustup run $(RELEASE_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
 	  rustup toolchain install $(RELEASE_TOOLCHAIN) --profile minimal --no-self-update
 	@installed=$$(rustup target list --installed --toolchain $(RELEASE_TOOLCHAIN)); \
-	  for t in $(TARGET) $(CHECKER_TARGETS); do \
+	  for t in $(TARGET) $(CHECKER_TARGETS) $(NATIVE_TARGETS); do \
 	    echo "$$installed" | grep -qx $$t || rustup target add --toolchain $(RELEASE_TOOLCHAIN) $$t; \
 	  done
+	@if ! dpkg -s $(CROSS_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing $(CROSS_PACKAGES) (apt)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq $(CROSS_PACKAGES) >/dev/null; \
+	fi
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { echo "aarch64-linux-gnu-gcc not found after installing $(CROSS_PACKAGES)" >&2; exit 1; }
 
-release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, manifests, checker (x86_64, arm64), SHA256SUMS
+release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, native module and checker (x86_64, arm64), manifests, SHA256SUMS
 	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
 	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release.sh
 
