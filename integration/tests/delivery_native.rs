@@ -51,24 +51,29 @@ fn native_envoy() -> bool {
     ours
 }
 
-/// What every sidecar of these tests shares, as istio-proxy would have it: a writable TMPDIR
-/// (Envoy stores the fetched module there before loading it) and the pod's downward-API files
-/// (the function's name). Set once, before any Envoy starts; every test sets the same values.
-fn sidecar_environment() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let root = std::env::temp_dir().join(format!("faas-mesh-native-{}", std::process::id()));
-        let tmp = root.join("tmp");
-        let pod = root.join("pod");
-        std::fs::create_dir_all(&tmp).expect("tmp");
-        std::fs::create_dir_all(&pod).expect("pod");
-        std::fs::write(pod.join("labels"), "faas_function=\"env\"\n").expect("labels");
-        std::fs::write(pod.join("annotations"), "").expect("annotations");
-        std::fs::write(pod.join("namespace"), "openfaas-fn").expect("namespace");
-        std::env::set_var("TMPDIR", &tmp);
-        std::env::set_var("FAAS_MESH_POD_INFO_DIR", &pod);
-        std::env::set_var("POD_NAMESPACE", "openfaas-fn");
-    });
+/// What a sidecar of these tests has, as istio-proxy would: a writable TMPDIR of its own (Envoy
+/// stores a fetched module there, and loads it from there without a fetch the next time) and the
+/// pod's downward-API files (the function's name). Envoy takes them from this process's
+/// environment, so the tests of this file run one at a time, each holding the returned guard.
+async fn sidecar_environment() -> (tokio::sync::MutexGuard<'static, ()>, tempfile::TempDir) {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static SYSTEM_TMP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let guard = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::Builder::new()
+        .prefix("faas-mesh-native-")
+        .tempdir_in(SYSTEM_TMP.get_or_init(std::env::temp_dir))
+        .expect("tempdir");
+    let tmp = dir.path().join("tmp");
+    let pod = dir.path().join("pod");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    std::fs::create_dir_all(&pod).expect("pod");
+    std::fs::write(pod.join("labels"), "faas_function=\"env\"\n").expect("labels");
+    std::fs::write(pod.join("annotations"), "").expect("annotations");
+    std::fs::write(pod.join("namespace"), "openfaas-fn").expect("namespace");
+    std::env::set_var("TMPDIR", &tmp);
+    std::env::set_var("FAAS_MESH_POD_INFO_DIR", &pod);
+    std::env::set_var("POD_NAMESPACE", "openfaas-fn");
+    (guard, dir)
 }
 
 /// The release bundle under test.
@@ -229,7 +234,6 @@ async fn bundle_route() -> (Value, Vec<u8>, ModuleServer) {
 /// A function behind a sidecar that runs `doc` (applied by Istio's rules to the real listener),
 /// its module server at `server`.
 async fn native_sidecar(doc: &Value, server: SocketAddr) -> (StandInFunction, Sidecar, Pki) {
-    sidecar_environment();
     let data = IstioData::load().unwrap_or_else(|e| panic!("{e}"));
     let mut listener = data.virtual_inbound().expect("virtualInbound");
     rewrite_port(&mut listener, DUMP_PORT, FUNCTION_PORT, true);
@@ -268,18 +272,23 @@ fn call_id(response: &Response) -> Option<&str> {
     response.header("x-call-id")
 }
 
+/// Envoy's counts of a remote module it gave up or could not load, and of a configuration the
+/// loaded module refused.
 const FETCH_ERRORS: &str = "dynamic_modules.remote_fetch_error.config_name.faas-mesh-filter";
+const CONFIG_ERRORS: &str = "dynamic_modules.config_init_error.config_name.faas-mesh-filter";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundles_native_envoyfilter_loads_the_module_it_pins_from_the_module_server() {
     if !native_envoy() {
         return;
     }
+    let _environment = sidecar_environment().await;
     let (doc, _, server) = bundle_route().await;
     let (function, sidecar, _pki) = native_sidecar(&doc, server.addr).await;
     live(&sidecar).await;
     assert!(server.fetches() >= 1);
     assert_eq!(sidecar.stat(FETCH_ERRORS).await, 0);
+    assert_eq!(sidecar.stat(CONFIG_ERRORS).await, 0);
     let response = sidecar.get("/function/env/a?x=1").await;
     assert_eq!(response.status, 200, "{}", sidecar.log_tail(30));
     assert!(
@@ -304,6 +313,7 @@ async fn a_module_other_than_the_pinned_one_is_never_loaded_and_nothing_is_serve
     if !native_envoy() {
         return;
     }
+    let _environment = sidecar_environment().await;
     let (mut doc, so, server) = bundle_route().await;
     // The server serves the bundle's module; the EnvoyFilter pins other bytes (an older release).
     remote_source(&mut doc)["sha256"] = Value::from(sha256_hex(b"another build"));
@@ -354,6 +364,7 @@ async fn a_fetch_envoy_gives_up_leaves_the_filter_out() {
     if !native_envoy() {
         return;
     }
+    let _environment = sidecar_environment().await;
     let (mut doc, _, server) = bundle_route().await;
     let remote = remote_source(&mut doc);
     remote["sha256"] = Value::from(sha256_hex(b"another build"));
@@ -367,6 +378,42 @@ async fn a_fetch_envoy_gives_up_leaves_the_filter_out() {
     assert!(sidecar.stat(FETCH_ERRORS).await >= 1);
     let response = sidecar.get("/function/env/a").await;
     assert_eq!(response.status, 200);
+    assert_eq!(call_id(&response), None);
+    assert_eq!(
+        function.received().last().expect("a call")["path"],
+        "/function/env/a",
+        "the request reached the function unfiltered"
+    );
+}
+
+/// A configuration the module refuses, in the remote EnvoyFilter, is logged with the module's
+/// own line and counted, and Envoy 1.40 then leaves the filter out as for a given-up fetch: the
+/// reason to run the checker before applying (docs/operator-guide.md, "What can go wrong").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_the_module_refuses_leaves_the_filter_out_and_says_why() {
+    if !native_envoy() {
+        return;
+    }
+    let _environment = sidecar_environment().await;
+    let (mut doc, _, server) = bundle_route().await;
+    let bad = r#"{"policy": {"functions": {"env": {"max_inflight": -1}}}}"#;
+    for patch in doc["spec"]["configPatches"]
+        .as_array_mut()
+        .expect("configPatches")
+    {
+        if let Some(value) = patch.pointer_mut("/patch/value/typed_config/filter_config/value") {
+            *value = Value::from(bad);
+        }
+    }
+    let (function, sidecar, _pki) = native_sidecar(&doc, server.addr).await;
+    live(&sidecar).await;
+    let line = "invalid configuration: policy.functions.env.max_inflight: expected a positive \
+                integer, got -1";
+    let log = sidecar.log_when(|log| log.contains(line)).await;
+    assert!(log.contains(line), "{}", sidecar.log_tail(30));
+    assert!(sidecar.stat(CONFIG_ERRORS).await >= 1);
+    assert_eq!(sidecar.stat(FETCH_ERRORS).await, 0);
+    let response = sidecar.get("/function/env/a").await;
     assert_eq!(call_id(&response), None);
     assert_eq!(
         function.received().last().expect("a call")["path"],
