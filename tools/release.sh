@@ -137,7 +137,7 @@ configuration of the manifests: $(basename "$CONFIG") (manifests/config.json)
 toolchain: $(rustc -V)
 targets: wasm32-wasip1 (module), x86_64-unknown-linux-gnu and aarch64-unknown-linux-gnu (native module), x86_64-unknown-linux-musl and aarch64-unknown-linux-musl (checker)
 native module: built and tested for Envoy 1.40.0; needs $(glibc_needed "$dir/native/linux-amd64/$native_lib") (amd64), $(glibc_needed "$dir/native/linux-arm64/$native_lib") (arm64) or newer
-native linker (arm64): $(aarch64-linux-gnu-gcc --version | head -n 1)
+native linkers (their C runtime objects are in the .so): amd64 $(cc --version | head -n 1), arm64 $(aarch64-linux-gnu-gcc --version | head -n 1); $(dpkg-query -W -f '${Package} ${Version}, ' libc6-dev libc6-dev-arm64-cross 2>/dev/null | sed 's/, $//')
 rebuild: git checkout $GIT_COMMIT && make release VERSION=$VERSION IMAGE=$IMAGE SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH RELEASE_TOOLCHAIN=$TOOLCHAIN
 EOF
 
