@@ -31,10 +31,11 @@ NATIVE_ENVOY_BIN      = $(shell ls -1 $(CURDIR)/$(NATIVE_VENV)/lib/python3*/site
 # Every file of integration/tests is in exactly one list (`make integration-suites` checks): the
 # suites both builds run; those that prove facts of the Wasm build only (a trapping VM and
 # failure_policy, the wasm delivery: ConfigMap, OCI image, Istio's WasmPlugin); and those of the
-# native build only (how Envoy 1.40 loads the module, its exports).
+# native build only (how Envoy 1.40 loads the module, its exports, the release bundle's native
+# EnvoyFilter fetching it by sha256).
 BOTH_SUITES        := annotations bodies faults foundation hostile observability one_trace openfaas policy readiness reconfigure soak
 WASM_ONLY_SUITES   := delivery istio trap
-NATIVE_ONLY_SUITES := native
+NATIVE_ONLY_SUITES := native delivery_native
 
 # Delivery: the operator's configuration file, where rendered manifests go, the image reference.
 CONFIG    ?= envoyfilter/config.json
@@ -205,9 +206,9 @@ integration: integration-suites setup openfaas istio-data build native release $
 	  cargo test -p faas-mesh-integration --lib --bins $(addprefix --test ,$(BOTH_SUITES) $(WASM_ONLY_SUITES))
 	@$(MAKE) --no-print-directory integration-native
 
-integration-native: integration-suites openfaas native $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
+integration-native: integration-suites openfaas istio-data native release $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
 	@echo "native build on Envoy $(NATIVE_ENVOY_VERSION): $(BOTH_SUITES) $(NATIVE_ONLY_SUITES) (wasm only: $(WASM_ONLY_SUITES))"
-	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" \
+	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" \
 	  cargo test -p faas-mesh-integration $(addprefix --test ,$(BOTH_SUITES) $(NATIVE_ONLY_SUITES))
 
 # A new suite must say which builds it proves: every file of integration/tests is in exactly one
