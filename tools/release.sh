@@ -13,7 +13,8 @@
 #     native/linux-amd64/libfaas_mesh_filter_native.so   the native build (an Envoy dynamic module,
 #     native/linux-arm64/libfaas_mesh_filter_native.so   glibc), for Envoy 1.40.0; the manifests
 #                                              envoyfilter-native-<arch>.yaml fetch it by sha256 from
-#                                              module-server-native.yaml (no per-function edit), and
+#                                              module-server-native.yaml (no per-function edit; with
+#                                              proxyconfig-native.yaml's writable TMPDIR), and
 #                                              envoyfilter-native.yaml loads it by name
 #     bin/faas-mesh-check-linux-amd64          the static configuration checker (musl, static)
 #     bin/faas-mesh-check-linux-arm64

@@ -165,6 +165,7 @@ fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
         "manifests/envoyfilter-native-amd64.yaml",
         "manifests/envoyfilter-native-arm64.yaml",
         "manifests/module-server-native.yaml",
+        "manifests/proxyconfig-native.yaml",
         &format!("faas-mesh-filter-{version}-oci.tar.gz"),
     ] {
         assert!(listed.iter().any(|f| f == file), "{file} missing");

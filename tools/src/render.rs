@@ -18,6 +18,7 @@ const STACK: &str = include_str!("../templates/stack.yml");
 const ENVOYFILTER_NATIVE: &str = include_str!("../templates/envoyfilter-native.yaml");
 const ENVOYFILTER_NATIVE_REMOTE: &str = include_str!("../templates/envoyfilter-native-remote.yaml");
 const MODULE_SERVER_NATIVE: &str = include_str!("../templates/module-server-native.yaml");
+const PROXYCONFIG_NATIVE: &str = include_str!("../templates/proxyconfig-native.yaml");
 const OBSERVABILITY: &str = include_str!("../../envoyfilter/observability.yaml");
 
 /// The module server's image (module-server.yaml): BusyBox's httpd. Whatever it serves, a
@@ -130,8 +131,9 @@ impl NativeModules<'_> {
 }
 
 /// The native build's delivery: per architecture, the EnvoyFilter that fetches the module by
-/// its sha256 (`envoyfilter-native-<arch>.yaml`), and the server that carries both
-/// (`module-server-native.yaml`).
+/// its sha256 (`envoyfilter-native-<arch>.yaml`), the server that carries both
+/// (`module-server-native.yaml`), and the writable TMPDIR the sidecars need to load a fetched
+/// module (`proxyconfig-native.yaml`).
 pub fn render_native(config_json: &str, modules: &NativeModules) -> Result<Vec<File>, String> {
     let config = checked(config_json)?;
     let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
@@ -178,6 +180,10 @@ pub fn render_native(config_json: &str, modules: &NativeModules) -> Result<Vec<F
     files.push(File {
         name: "module-server-native.yaml",
         contents: server,
+    });
+    files.push(File {
+        name: "proxyconfig-native.yaml",
+        contents: PROXYCONFIG_NATIVE.to_string(),
     });
     Ok(files)
 }
@@ -546,6 +552,13 @@ mod tests {
             assert!(!get(arch.envoyfilter_file()).contains("{{"));
         }
         assert!(!get("module-server-native.yaml").contains("{{"));
+        let proxyconfig = &yaml(get("proxyconfig-native.yaml"))[0];
+        assert_eq!(proxyconfig["kind"], "ProxyConfig");
+        assert_eq!(proxyconfig["metadata"]["namespace"], "openfaas-fn");
+        assert_eq!(
+            proxyconfig["spec"]["environmentVariables"]["TMPDIR"],
+            "/var/lib/istio/data"
+        );
         assert_eq!(
             render_native(
                 config,
