@@ -31,10 +31,11 @@ NATIVE_ENVOY_BIN      = $(shell ls -1 $(CURDIR)/$(NATIVE_VENV)/lib/python3*/site
 # Every file of integration/tests is in exactly one list (`make integration-suites` checks): the
 # suites both builds run; those that prove facts of the Wasm build only (a trapping VM and
 # failure_policy, the wasm delivery: ConfigMap, OCI image, Istio's WasmPlugin); and those of the
-# native build only (how Envoy 1.40 loads the module, its exports).
+# native build only (how Envoy 1.40 loads the module, its exports, the release bundle's native
+# EnvoyFilter fetching it by sha256).
 BOTH_SUITES        := annotations bodies faults foundation hostile observability one_trace openfaas policy readiness reconfigure soak
 WASM_ONLY_SUITES   := delivery istio trap
-NATIVE_ONLY_SUITES := native
+NATIVE_ONLY_SUITES := native delivery_native
 
 # Delivery: the operator's configuration file, where rendered manifests go, the image reference.
 CONFIG    ?= envoyfilter/config.json
@@ -88,6 +89,10 @@ export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 RELEASE_OUT       ?= target/release-bundle
 RELEASE_DIR        = $(RELEASE_OUT)/faas-mesh-filter-$(VERSION)
 CHECKER_TARGETS   := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+# The native module (an Envoy dynamic module, a glibc .so) for both architectures; arm64 is linked
+# by Debian's cross toolchain (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross).
+NATIVE_TARGETS    := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
+CROSS_PACKAGES    := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 # The release's toolchain is pinned, so a rebuild anywhere, later, gives the same bytes.
 RELEASE_TOOLCHAIN ?= 1.95.0
 # Archive times come from the commit, not the clock; passed on so a copy without .git agrees.
@@ -201,9 +206,9 @@ integration: integration-suites setup openfaas istio-data build native release $
 	  cargo test -p faas-mesh-integration --lib --bins $(addprefix --test ,$(BOTH_SUITES) $(WASM_ONLY_SUITES))
 	@$(MAKE) --no-print-directory integration-native
 
-integration-native: integration-suites openfaas native $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
+integration-native: integration-suites openfaas istio-data native release $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
 	@echo "native build on Envoy $(NATIVE_ENVOY_VERSION): $(BOTH_SUITES) $(NATIVE_ONLY_SUITES) (wasm only: $(WASM_ONLY_SUITES))"
-	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" \
+	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" \
 	  cargo test -p faas-mesh-integration $(addprefix --test ,$(BOTH_SUITES) $(NATIVE_ONLY_SUITES))
 
 # A new suite must say which builds it proves: every file of integration/tests is in exactly one
@@ -253,11 +258,17 @@ release-setup:
 	@rustup run $(RELEASE_TOOLCHAIN) rustc --version >/dev/null 2>&1 || \
 	  rustup toolchain install $(RELEASE_TOOLCHAIN) --profile minimal --no-self-update
 	@installed=$$(rustup target list --installed --toolchain $(RELEASE_TOOLCHAIN)); \
-	  for t in $(TARGET) $(CHECKER_TARGETS); do \
+	  for t in $(TARGET) $(CHECKER_TARGETS) $(NATIVE_TARGETS); do \
 	    echo "$$installed" | grep -qx $$t || rustup target add --toolchain $(RELEASE_TOOLCHAIN) $$t; \
 	  done
+	@if ! dpkg -s $(CROSS_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing $(CROSS_PACKAGES) (apt)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq $(CROSS_PACKAGES) >/dev/null; \
+	fi
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { echo "aarch64-linux-gnu-gcc not found after installing $(CROSS_PACKAGES)" >&2; exit 1; }
 
-release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, manifests, checker (x86_64, arm64), SHA256SUMS
+release: release-setup ## the release bundle for VERSION in $(RELEASE_OUT)/: module, OCI image, native module and checker (x86_64, arm64), manifests, SHA256SUMS
 	VERSION="$(VERSION)" IMAGE="$(IMAGE)" CONFIG="$(CONFIG)" OUT="$(RELEASE_OUT)" TOOLCHAIN="$(RELEASE_TOOLCHAIN)" \
 	  SOURCE_DATE_EPOCH="$(SOURCE_DATE_EPOCH)" GIT_COMMIT="$(GIT_COMMIT)" tools/release.sh
 

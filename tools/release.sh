@@ -10,6 +10,12 @@
 #                                              (module fetched by sha256, no per-function edit),
 #                                              wasmplugin.yaml (pinned by digest), observability.yaml,
 #                                              stack.yml, and config.json, the configuration they carry
+#     native/linux-amd64/libfaas_mesh_filter_native.so   the native build (an Envoy dynamic module,
+#     native/linux-arm64/libfaas_mesh_filter_native.so   glibc), for Envoy 1.40.0; the manifests
+#                                              envoyfilter-native-<arch>.yaml fetch it by sha256 from
+#                                              module-server-native.yaml (no per-function edit; with
+#                                              proxyconfig-native.yaml's writable TMPDIR), and
+#                                              envoyfilter-native.yaml loads it by name
 #     bin/faas-mesh-check-linux-amd64          the static configuration checker (musl, static)
 #     bin/faas-mesh-check-linux-arm64
 #     BUILD-INFO                               what it was built from, and with
@@ -21,7 +27,8 @@
 # and order, gzip without a timestamp). `make release-repro` builds it twice and compares.
 #
 # Called by `make release` with VERSION, IMAGE, CONFIG, OUT, TOOLCHAIN (the pinned Rust toolchain,
-# with the wasm32-wasip1 and musl targets), SOURCE_DATE_EPOCH, GIT_COMMIT.
+# with the wasm32-wasip1, musl and gnu targets; `make release-setup` installs them and Debian's
+# aarch64 cross linker), SOURCE_DATE_EPOCH, GIT_COMMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,17 +74,54 @@ if ! cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-c
 fi
 grep -v -e 'dropping unsupported crate type `cdylib`' -e '^$' "$log" >&2 || true
 cargo build --quiet --locked --release -p faas-mesh-tools --bin faas-mesh-render --bin faas-mesh-oci
+# The native module: glibc shared objects. Its release profile (the workspace's) aborts on panic
+# and strips; its linker version script exports only Envoy's hooks. rustc links x86_64 with its own
+# lld, which takes that script beside rustc's own; GNU ld refuses two ("anonymous version tag
+# cannot be combined"), so arm64 is linked by the same lld too, through Debian's cross gcc (which
+# brings the arm64 C runtime and glibc).
+gcc_ld=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld
+aarch64_linker=$CARGO_TARGET_DIR/aarch64-linux-gnu-gcc-lld
+mkdir -p "$CARGO_TARGET_DIR"
+printf '#!/bin/sh\nexec aarch64-linux-gnu-gcc -fuse-ld=lld -B%s "$@"\n' "$gcc_ld" > "$aarch64_linker"
+chmod 0755 "$aarch64_linker"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$aarch64_linker
+native_lib=libfaas_mesh_filter_native.so
+cargo build --quiet --locked --release -p faas-mesh-filter-native --lib \
+  --target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu
 
 name=faas-mesh-filter-$VERSION
 dir=$OUT/$name
 rm -rf "$dir" "$OUT/$name.tar.gz" "$OUT/$name.tar.gz.sha256"
-mkdir -p "$dir/bin" "$dir/manifests"
+mkdir -p "$dir/bin" "$dir/manifests" "$dir/native/linux-amd64" "$dir/native/linux-arm64"
 
 cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/faas_mesh_filter.wasm" "$dir/"
 "$CARGO_TARGET_DIR/release/faas-mesh-oci" --wasm "$dir/faas_mesh_filter.wasm" --tag "$VERSION" \
   --out "$dir/oci" >/dev/null
+cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$native_lib" "$dir/native/linux-amd64/"
+cp "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/release/$native_lib" "$dir/native/linux-arm64/"
+# Each native module is for its machine, and exports Envoy's hooks and nothing else (the
+# proxy-wasm SDK's proxy_on_* entry points, which come with the core, stay local).
+check_native() { # <file> <readelf machine>
+  local so=$1 machine=$2 exported others
+  readelf -h "$so" | grep -q "Machine: *$machine\$" ||
+    { echo "release: $so is not for $machine: $(readelf -h "$so" | grep Machine)" >&2; exit 1; }
+  exported=$(readelf --dyn-syms -W "$so" | awk '$5 == "GLOBAL" && $7 != "UND" {print $8}' | sort -u)
+  others=$(grep -v '^envoy_dynamic_module_on_' <<< "$exported" || true)
+  if [ -z "$exported" ] || [ -n "$others" ]; then
+    echo "release: $so must export envoy_dynamic_module_on_* only; it exports: ${others:-nothing}" >&2
+    exit 1
+  fi
+}
+check_native "$dir/native/linux-amd64/$native_lib" "Advanced Micro Devices X86-64"
+check_native "$dir/native/linux-arm64/$native_lib" "AArch64"
+# The newest glibc symbol version each one needs: the oldest sidecar libc it runs with.
+glibc_needed() {
+  readelf -V -W "$1" | grep -o 'GLIBC_[0-9.]*' | sort -u -V | tail -n 1
+}
 "$CARGO_TARGET_DIR/release/faas-mesh-render" --config "$CONFIG" --wasm "$dir/faas_mesh_filter.wasm" \
-  --image "$IMAGE:$VERSION" --version "$VERSION" --out "$dir/manifests" >/dev/null
+  --image "$IMAGE:$VERSION" --version "$VERSION" \
+  --native-amd64 "$dir/native/linux-amd64/$native_lib" --native-arm64 "$dir/native/linux-arm64/$native_lib" \
+  --out "$dir/manifests" >/dev/null
 cp "$CONFIG" "$dir/manifests/config.json"
 cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/faas-mesh-check" "$dir/bin/faas-mesh-check-linux-amd64"
 cp "$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/faas-mesh-check" "$dir/bin/faas-mesh-check-linux-arm64"
@@ -92,7 +136,9 @@ source commit: $GIT_COMMIT
 source date (SOURCE_DATE_EPOCH): $SOURCE_DATE_EPOCH
 configuration of the manifests: $(basename "$CONFIG") (manifests/config.json)
 toolchain: $(rustc -V)
-targets: wasm32-wasip1 (module), x86_64-unknown-linux-musl and aarch64-unknown-linux-musl (checker)
+targets: wasm32-wasip1 (module), x86_64-unknown-linux-gnu and aarch64-unknown-linux-gnu (native module), x86_64-unknown-linux-musl and aarch64-unknown-linux-musl (checker)
+native module: built and tested for Envoy 1.40.0; needs $(glibc_needed "$dir/native/linux-amd64/$native_lib") (amd64), $(glibc_needed "$dir/native/linux-arm64/$native_lib") (arm64) or newer
+native linkers (their C runtime objects are in the .so): amd64 $(cc --version | head -n 1), arm64 $(aarch64-linux-gnu-gcc --version | head -n 1); $(dpkg-query -W -f '${Package} ${Version}, ' libc6-dev libc6-dev-arm64-cross 2>/dev/null | sed 's/, $//')
 rebuild: git checkout $GIT_COMMIT && make release VERSION=$VERSION IMAGE=$IMAGE SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH RELEASE_TOOLCHAIN=$TOOLCHAIN
 EOF
 

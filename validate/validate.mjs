@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import { EnvoyFilter } from "@kubernetes-models/istio/networking.istio.io/v1alpha3/EnvoyFilter";
 import { WasmPlugin } from "@kubernetes-models/istio/extensions.istio.io/v1alpha1/WasmPlugin";
+import { ProxyConfig } from "@kubernetes-models/istio/networking.istio.io/v1beta1/ProxyConfig";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
 import { Service } from "kubernetes-models/v1/Service";
 import { Deployment } from "kubernetes-models/apps/v1/Deployment";
@@ -15,6 +16,7 @@ import { Deployment } from "kubernetes-models/apps/v1/Deployment";
 const kinds = {
   "networking.istio.io/v1alpha3 EnvoyFilter": EnvoyFilter,
   "extensions.istio.io/v1alpha1 WasmPlugin": WasmPlugin,
+  "networking.istio.io/v1beta1 ProxyConfig": ProxyConfig,
   "v1 ConfigMap": ConfigMap,
   "v1 Service": Service,
   "apps/v1 Deployment": Deployment,

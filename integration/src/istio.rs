@@ -623,6 +623,18 @@ impl Sidecar {
             .tempdir()?;
         let declared_port = crate::free_port()?;
         let undeclared_port = crate::free_port()?;
+        // The native build reads the pod's labels and namespace from Istio's downward-API files
+        // (EnvoyProcess::start points it at this folder), not from the node metadata.
+        if crate::filter_build::FilterBuild::current() == crate::filter_build::FilterBuild::Native {
+            crate::filter_build::write_pod_info(
+                dir.path(),
+                &crate::filter_build::PodInfo {
+                    labels: options.labels.clone(),
+                    annotations: Vec::new(),
+                    namespace: Some(options.namespace.clone()),
+                },
+            )?;
+        }
         let mut ecds_paths = Vec::new();
         for (i, resource) in mesh.extension_configs.iter().enumerate() {
             let mut resource = resource.clone();

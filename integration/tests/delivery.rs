@@ -159,6 +159,13 @@ fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
         "manifests/config.json",
         "bin/faas-mesh-check-linux-amd64",
         "bin/faas-mesh-check-linux-arm64",
+        "native/linux-amd64/libfaas_mesh_filter_native.so",
+        "native/linux-arm64/libfaas_mesh_filter_native.so",
+        "manifests/envoyfilter-native.yaml",
+        "manifests/envoyfilter-native-amd64.yaml",
+        "manifests/envoyfilter-native-arm64.yaml",
+        "manifests/module-server-native.yaml",
+        "manifests/proxyconfig-native.yaml",
         &format!("faas-mesh-filter-{version}-oci.tar.gz"),
     ] {
         assert!(listed.iter().any(|f| f == file), "{file} missing");
@@ -196,6 +203,9 @@ fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
         "manifests/config.json",
         "manifests/envoyfilter.yaml",
         "manifests/wasmplugin.yaml",
+        "manifests/envoyfilter-native.yaml",
+        "manifests/envoyfilter-native-amd64.yaml",
+        "manifests/envoyfilter-native-arm64.yaml",
     ] {
         let path = bundle.join(file);
         let (code, out, err) = check(&bundle, &[path.to_str().expect("path")]);

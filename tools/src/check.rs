@@ -6,8 +6,9 @@
 //! the effective rules shown for a function are the ones its sidecar enforces.
 //!
 //! The configuration comes from a JSON file (the operator's configuration file) or from a
-//! rendered manifest (`envoyfilter.yaml`: the EXTENSION_CONFIG patch's `configuration.value`, or
-//! `envoyfilter-remote.yaml`: the HTTP_FILTER patch's;
+//! rendered manifest (`envoyfilter.yaml`: the EXTENSION_CONFIG patch's `configuration.value`;
+//! `envoyfilter-remote.yaml`: the HTTP_FILTER patch's; the native build's
+//! `envoyfilter-native*.yaml`: the HTTP_FILTER patch's `filter_config.value`, the same JSON; or
 //! `wasmplugin.yaml`: `spec.pluginConfig`, which Istio hands to the filter as JSON).
 
 use faas_mesh_filter::config::Config;
@@ -41,6 +42,20 @@ pub fn configuration_of(file_name: &str, text: &str) -> Result<String, String> {
                     let inline = patch["applyTo"] == "HTTP_FILTER"
                         && wasm["@type"]
                             == "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+                    // The native build's EnvoyFilters: the dynamic-modules filter inline, its
+                    // configuration in filter_config (the same JSON).
+                    if patch["applyTo"] == "HTTP_FILTER"
+                        && wasm["@type"]
+                            == "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+                    {
+                        return match &wasm["filter_config"]["value"] {
+                            Value::String(s) => Ok(s.clone()),
+                            Value::Null => Ok(String::new()),
+                            other => Err(format!(
+                                "the HTTP_FILTER patch's filter_config.value is not a string: {other}"
+                            )),
+                        };
+                    }
                     if patch["applyTo"] == "EXTENSION_CONFIG" || inline {
                         let configuration = &wasm["config"]["configuration"];
                         return match &configuration["value"] {
@@ -66,7 +81,8 @@ pub fn configuration_of(file_name: &str, text: &str) -> Result<String, String> {
     }
     Err(
         "no plugin configuration found (expected an EnvoyFilter with the Wasm filter in an \
-         EXTENSION_CONFIG or HTTP_FILTER patch, or a WasmPlugin)"
+         EXTENSION_CONFIG or HTTP_FILTER patch, one with the dynamic-modules filter, or a \
+         WasmPlugin)"
             .to_string(),
     )
 }
@@ -287,12 +303,27 @@ mod tests {
             },
         )
         .unwrap();
+        let native = crate::render::render_native(
+            config,
+            &crate::render::NativeModules {
+                amd64: b"\x7fELF amd64",
+                arm64: b"\x7fELF arm64",
+            },
+        )
+        .unwrap();
         for name in [
             "envoyfilter.yaml",
             "envoyfilter-remote.yaml",
             "wasmplugin.yaml",
+            "envoyfilter-native.yaml",
+            "envoyfilter-native-amd64.yaml",
+            "envoyfilter-native-arm64.yaml",
         ] {
-            let file = files.iter().find(|f| f.name == name).unwrap();
+            let file = files
+                .iter()
+                .chain(&native)
+                .find(|f| f.name == name)
+                .unwrap();
             let found = configuration_of(name, &file.contents).unwrap();
             let (config, plan) = compile(&found, Some("env"), None, &[]).unwrap();
             let rules = effective_rules(&config, &plan);

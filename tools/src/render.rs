@@ -15,6 +15,10 @@ const WASMPLUGIN: &str = include_str!("../templates/wasmplugin.yaml");
 const CONFIGMAP: &str = include_str!("../templates/wasm-configmap.yaml");
 const MODULE_SERVER: &str = include_str!("../templates/module-server.yaml");
 const STACK: &str = include_str!("../templates/stack.yml");
+const ENVOYFILTER_NATIVE: &str = include_str!("../templates/envoyfilter-native.yaml");
+const ENVOYFILTER_NATIVE_REMOTE: &str = include_str!("../templates/envoyfilter-native-remote.yaml");
+const MODULE_SERVER_NATIVE: &str = include_str!("../templates/module-server-native.yaml");
+const PROXYCONFIG_NATIVE: &str = include_str!("../templates/proxyconfig-native.yaml");
 const OBSERVABILITY: &str = include_str!("../../envoyfilter/observability.yaml");
 
 /// The module server's image (module-server.yaml): BusyBox's httpd. Whatever it serves, a
@@ -25,6 +29,164 @@ pub const MODULE_SERVER_HOST: &str = "faas-mesh-filter-module.openfaas.svc.clust
 pub const MODULE_SERVER_PORT: u16 = 8080;
 /// The cluster the remote EnvoyFilter adds for the fetch.
 pub const MODULE_CLUSTER: &str = "faas_mesh_filter_module";
+
+/// The native build's library name: Envoy loads `lib<name>.so` (by name, or the fetched file).
+pub const NATIVE_NAME: &str = "faas_mesh_filter_native";
+/// Where sidecars fetch the native module from (the Service in module-server-native.yaml).
+pub const NATIVE_MODULE_SERVER_HOST: &str =
+    "faas-mesh-filter-native-module.openfaas.svc.cluster.local";
+/// The cluster the native remote EnvoyFilter adds for the fetch.
+pub const NATIVE_MODULE_CLUSTER: &str = "faas_mesh_filter_native_module";
+
+/// A Linux architecture the native module is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// Kubernetes' name (`kubernetes.io/arch`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target the release builds the module for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The rendered EnvoyFilter that fetches this architecture's module.
+    pub fn envoyfilter_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "envoyfilter-native-amd64.yaml",
+            Arch::Arm64 => "envoyfilter-native-arm64.yaml",
+        }
+    }
+
+    /// Where the module is in the release bundle and on the module server.
+    pub fn module_path(self) -> String {
+        format!("linux-{}/lib{NATIVE_NAME}.so", self.name())
+    }
+}
+
+/// Where the native build's sidecars get the module from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeSource<'a> {
+    /// `lib<name>.so` in Envoy's search path (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`): a sidecar
+    /// image or a mount that carries the module.
+    ByName,
+    /// Fetched by every sidecar from the native module server, loaded only with this sha256.
+    Remote {
+        arch: Arch,
+        sha256: &'a str,
+        bytes: usize,
+    },
+}
+
+/// The native build's EnvoyFilter with the filter configuration `pretty` (JSON, the same the
+/// Wasm build takes), the connection manager's `request_timeout` and the module from `source`.
+pub fn native_envoyfilter(pretty: &str, request_timeout: &str, source: NativeSource) -> String {
+    let template = match source {
+        NativeSource::ByName => ENVOYFILTER_NATIVE.to_string(),
+        NativeSource::Remote {
+            arch,
+            sha256,
+            bytes,
+        } => ENVOYFILTER_NATIVE_REMOTE
+            .replace("{{ARCH}}", arch.name())
+            .replace("{{NATIVE_SHA256}}", sha256)
+            .replace("{{NATIVE_BYTES}}", &bytes.to_string())
+            .replace("{{MODULE_CLUSTER}}", NATIVE_MODULE_CLUSTER)
+            .replace("{{MODULE_SERVER_HOST}}", NATIVE_MODULE_SERVER_HOST)
+            .replace("{{MODULE_SERVER_PORT}}", &MODULE_SERVER_PORT.to_string()),
+    };
+    template
+        .replace("{{NATIVE_NAME}}", NATIVE_NAME)
+        .replace("{{REQUEST_TIMEOUT}}", request_timeout)
+        .replace("{{CONFIGURATION}}", &indent(pretty, 16))
+}
+
+/// The built native modules, one per architecture (`lib<name>.so`).
+pub struct NativeModules<'a> {
+    pub amd64: &'a [u8],
+    pub arm64: &'a [u8],
+}
+
+impl NativeModules<'_> {
+    pub fn get(&self, arch: Arch) -> &[u8] {
+        match arch {
+            Arch::Amd64 => self.amd64,
+            Arch::Arm64 => self.arm64,
+        }
+    }
+}
+
+/// The native build's delivery: per architecture, the EnvoyFilter that fetches the module by
+/// its sha256 (`envoyfilter-native-<arch>.yaml`), the server that carries both
+/// (`module-server-native.yaml`), and the writable TMPDIR the sidecars need to load a fetched
+/// module (`proxyconfig-native.yaml`).
+pub fn render_native(config_json: &str, modules: &NativeModules) -> Result<Vec<File>, String> {
+    let config = checked(config_json)?;
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    let timeout = request_timeout(config_json)?;
+    let mut files = Vec::new();
+    let mut server = MODULE_SERVER_NATIVE
+        .replace("{{NATIVE_NAME}}", NATIVE_NAME)
+        .replace("{{MODULE_SERVER_IMAGE}}", MODULE_SERVER_IMAGE);
+    for arch in Arch::ALL {
+        let so = modules.get(arch);
+        if so.is_empty() {
+            return Err(format!("the linux-{} native module is empty", arch.name()));
+        }
+        let sha256 = sha256_hex(so);
+        let encoded = base64(so);
+        // Each architecture's ConfigMap is one object: the encoded module must fit in it.
+        if encoded.len() + 4096 > CONFIGMAP_LIMIT {
+            return Err(format!(
+                "the linux-{} native module is {} bytes; as a ConfigMap it is over the {} bytes \
+                 Kubernetes allows: serve it from an image instead",
+                arch.name(),
+                so.len(),
+                CONFIGMAP_LIMIT
+            ));
+        }
+        let upper = arch.name().to_uppercase();
+        server = server
+            .replace(&format!("{{{{{upper}_BYTES}}}}"), &so.len().to_string())
+            .replace(&format!("{{{{{upper}_SHA256}}}}"), &sha256)
+            .replace(&format!("{{{{{upper}_BASE64}}}}"), &encoded);
+        files.push(File {
+            name: arch.envoyfilter_file(),
+            contents: native_envoyfilter(
+                &pretty,
+                &timeout,
+                NativeSource::Remote {
+                    arch,
+                    sha256: &sha256,
+                    bytes: so.len(),
+                },
+            ),
+        });
+    }
+    files.push(File {
+        name: "module-server-native.yaml",
+        contents: server,
+    });
+    files.push(File {
+        name: "proxyconfig-native.yaml",
+        contents: PROXYCONFIG_NATIVE.to_string(),
+    });
+    Ok(files)
+}
 
 /// Where the EnvoyFilter route's sidecars get the module from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +243,14 @@ pub fn render_static(config_json: &str) -> Result<Vec<File>, String> {
                 &pretty,
                 &request_timeout(config_json)?,
                 ModuleSource::ConfigMapMount,
+            ),
+        },
+        File {
+            name: "envoyfilter-native.yaml",
+            contents: native_envoyfilter(
+                &pretty,
+                &request_timeout(config_json)?,
+                NativeSource::ByName,
             ),
         },
         File {
@@ -291,6 +461,159 @@ mod tests {
         let local = get("envoyfilter.yaml");
         assert!(local.contains("filename: /var/local/lib/wasm/faas_mesh_filter.wasm"));
         assert!(!local.contains("remote:"));
+    }
+
+    fn native() -> (Vec<u8>, Vec<u8>) {
+        (
+            b"\x7fELF\x02\x01\x01 amd64 module".to_vec(),
+            b"\x7fELF\x02\x01\x01 arm64 module".to_vec(),
+        )
+    }
+
+    fn yaml(text: &str) -> Vec<Value> {
+        text.split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn each_native_envoyfilter_pins_the_module_the_native_server_serves_at_its_url() {
+        let (amd64, arm64) = native();
+        let config = r#"{"policy": {"default": {"methods": ["GET"]}}}"#;
+        let files = render_native(
+            config,
+            &NativeModules {
+                amd64: &amd64,
+                arm64: &arm64,
+            },
+        )
+        .unwrap();
+        let get = |name: &str| &files.iter().find(|f| f.name == name).unwrap().contents;
+        let server = yaml(get("module-server-native.yaml"));
+        let service = server.iter().find(|d| d["kind"] == "Service").unwrap();
+        assert_eq!(
+            format!(
+                "{}.{}.svc.cluster.local",
+                service["metadata"]["name"].as_str().unwrap(),
+                service["metadata"]["namespace"].as_str().unwrap()
+            ),
+            NATIVE_MODULE_SERVER_HOST
+        );
+        let deployment = server.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let sources = deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+            .as_array()
+            .unwrap();
+        for (arch, so) in [(Arch::Amd64, &amd64), (Arch::Arm64, &arm64)] {
+            let sha = sha256_hex(so);
+            // The server: the module in a ConfigMap, projected at the path the URL names.
+            let source = sources
+                .iter()
+                .find(|s| s["configMap"]["items"][0]["path"] == arch.module_path().as_str())
+                .unwrap_or_else(|| panic!("no {} in the server's volume", arch.module_path()));
+            let configmap = server
+                .iter()
+                .find(|d| d["metadata"]["name"] == source["configMap"]["name"])
+                .unwrap();
+            let key = source["configMap"]["items"][0]["key"].as_str().unwrap();
+            assert_eq!(configmap["binaryData"][key], base64(so).as_str());
+            // The EnvoyFilter: the module at that URL, with its sha256, through the cluster it adds.
+            let doc = &yaml(get(arch.envoyfilter_file()))[0];
+            assert_eq!(doc["metadata"]["name"], "faas-mesh-filter");
+            let patches = doc["spec"]["configPatches"].as_array().unwrap();
+            let filter = patches
+                .iter()
+                .find(|p| p["applyTo"] == "HTTP_FILTER")
+                .unwrap();
+            assert_eq!(filter["patch"]["operation"], "INSERT_BEFORE");
+            let typed = &filter["patch"]["value"]["typed_config"];
+            let remote = &typed["dynamic_module_config"]["module"]["remote"];
+            assert_eq!(remote["sha256"], sha.as_str());
+            assert_eq!(
+                remote["http_uri"]["uri"],
+                format!(
+                    "http://{NATIVE_MODULE_SERVER_HOST}:{MODULE_SERVER_PORT}/{}",
+                    arch.module_path()
+                )
+                .as_str()
+            );
+            assert_eq!(remote["http_uri"]["cluster"], NATIVE_MODULE_CLUSTER);
+            assert_eq!(
+                remote["retry_policy"]["num_retries"].as_u64(),
+                Some(u64::from(u32::MAX)),
+                "a fetch Envoy gives up leaves the filter out"
+            );
+            assert!(patches
+                .iter()
+                .any(|p| p["patch"]["value"]["name"] == NATIVE_MODULE_CLUSTER));
+            assert_eq!(typed["filter_name"], "faas-mesh-filter");
+            let carried: Value =
+                serde_json::from_str(typed["filter_config"]["value"].as_str().unwrap()).unwrap();
+            assert_eq!(carried, serde_json::from_str::<Value>(config).unwrap());
+            assert!(!get(arch.envoyfilter_file()).contains("{{"));
+        }
+        assert!(!get("module-server-native.yaml").contains("{{"));
+        let proxyconfig = &yaml(get("proxyconfig-native.yaml"))[0];
+        assert_eq!(proxyconfig["kind"], "ProxyConfig");
+        assert_eq!(proxyconfig["metadata"]["namespace"], "openfaas-fn");
+        assert_eq!(
+            proxyconfig["spec"]["environmentVariables"]["TMPDIR"],
+            "/var/lib/istio/data"
+        );
+        assert_eq!(
+            render_native(
+                config,
+                &NativeModules {
+                    amd64: &amd64,
+                    arm64: &arm64
+                }
+            )
+            .unwrap(),
+            files,
+            "not reproducible"
+        );
+    }
+
+    #[test]
+    fn the_committed_native_envoyfilter_loads_the_module_by_name_with_the_same_configuration() {
+        let config = r#"{"readiness": {"max_wait_ms": 1000}}"#;
+        let files = render_static(config).unwrap();
+        let text = &files
+            .iter()
+            .find(|f| f.name == "envoyfilter-native.yaml")
+            .unwrap()
+            .contents;
+        let doc = &yaml(text)[0];
+        let patches = doc["spec"]["configPatches"].as_array().unwrap();
+        let typed = &patches
+            .iter()
+            .find(|p| p["applyTo"] == "HTTP_FILTER")
+            .unwrap()["patch"]["value"]["typed_config"];
+        assert_eq!(typed["dynamic_module_config"]["name"], NATIVE_NAME);
+        assert!(typed["dynamic_module_config"].get("module").is_none());
+        assert_eq!(
+            serde_json::from_str::<Value>(typed["filter_config"]["value"].as_str().unwrap())
+                .unwrap(),
+            serde_json::from_str::<Value>(config).unwrap()
+        );
+        assert!(text.contains("request_timeout: 11.000s"));
+        assert!(!text.contains("{{"));
+    }
+
+    #[test]
+    fn a_native_module_too_large_for_a_configmap_is_refused() {
+        let big = vec![1u8; 800 * 1024];
+        let err = render_native(
+            "{}",
+            &NativeModules {
+                amd64: &big,
+                arm64: b"\x7fELF",
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("linux-amd64") && err.contains("from an image"),
+            "{err}"
+        );
     }
 
     #[test]
