@@ -16,6 +16,10 @@ WASM_MAX_BYTES := 307200
 # glob, not $(wildcard): make caches directory listings, so it would miss a file pip just wrote.
 ENVOY_BIN = $(shell ls -1 $(CURDIR)/$(VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 export FILTER_WASM := $(CURDIR)/$(WASM)
+# The native twin (docs/native.md): the same core as an Envoy dynamic module, for ENVOY_VERSION
+# only (the ABI is tied to Envoy's version).
+NATIVE_SO := target/release/libfaas_mesh_filter_native.so
+export NATIVE_MODULE := $(CURDIR)/$(NATIVE_SO)
 
 # Delivery: the operator's configuration file, where rendered manifests go, the image reference.
 CONFIG    ?= envoyfilter/config.json
@@ -61,6 +65,7 @@ export OF_WATCHDOG_BIN := $(CURDIR)/$(OF_WATCHDOG)
 export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
 .PHONY: openfaas openfaas-sources go cold-start
+.PHONY: native native-symbols
 .PHONY: help setup build size test unit integration istio-data soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
@@ -141,15 +146,36 @@ size: ## check the module stays under $(WASM_MAX_BYTES) bytes
 	@size=$$(stat -c %s $(WASM)); echo "$(WASM): $$size bytes (limit $(WASM_MAX_BYTES))"; \
 	  test $$size -le $(WASM_MAX_BYTES) || { echo "module too large" >&2; exit 1; }
 
+native: ## build the native twin (Envoy dynamic module .so, docs/native.md)
+	cargo build --release -p faas-mesh-filter-native
+	@echo "$(NATIVE_SO): $$(stat -c %s $(NATIVE_SO)) bytes"
+
+# The module's ABI against the Envoy binary it is for: every callback it imports is one Envoy
+# exports, every hook Envoy looks up (by name, for the HTTP filter) is one the module exports, and
+# the module exports nothing else.
+native-symbols: setup native ## check the .so's imports and exports against the Envoy $(ENVOY_VERSION) binary
+	@test -x "$(ENVOY_BIN)" || { echo "native-symbols: no Envoy binary under $(VENV)" >&2; exit 1; }
+	@nm -D --defined-only "$(ENVOY_BIN)" | awk '{print $$3}' | grep '^envoy_dynamic_module_callback_' | sed 's/@.*//' | sort -u > target/native-envoy-callbacks.txt
+	@nm -D --undefined-only $(NATIVE_SO) | awk '{print $$2}' | grep '^envoy_dynamic_module_callback_' | sort -u > target/native-imports.txt
+	@strings "$(ENVOY_BIN)" | grep -xE 'envoy_dynamic_module_on_(http_filter_[a-z_]+|program_init)' | sort -u > target/native-envoy-hooks.txt
+	@nm -D --defined-only $(NATIVE_SO) | awk '{print $$3}' | sort -u > target/native-exports.txt
+	@missing=$$(comm -23 target/native-imports.txt target/native-envoy-callbacks.txt); \
+	  if [ -n "$$missing" ]; then echo "native-symbols: callbacks the module calls that Envoy $(ENVOY_VERSION) lacks:" >&2; echo "$$missing" >&2; exit 1; fi
+	@missing=$$(comm -23 target/native-envoy-hooks.txt target/native-exports.txt); \
+	  if [ -n "$$missing" ]; then echo "native-symbols: hooks Envoy $(ENVOY_VERSION) looks up that the module lacks:" >&2; echo "$$missing" >&2; exit 1; fi
+	@extra=$$(grep -v '^envoy_dynamic_module_on_' target/native-exports.txt || true); \
+	  if [ -n "$$extra" ]; then echo "native-symbols: the module exports more than envoy_dynamic_module_on_* (list them as local in native/exports.map):" >&2; echo "$$extra" >&2; exit 1; fi
+	@echo "native-symbols: $$(wc -l < target/native-imports.txt) callbacks, all in Envoy $(ENVOY_VERSION); $$(wc -l < target/native-envoy-hooks.txt) hooks, all exported; nothing else exported"
+
 # lint and unit need nothing but Rust, the wasm target and Python 3's standard library (no pip,
 # npm or apt): tests/docs.rs runs bench/bench.py's report step.
 wasm-target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
-unit: wasm-target ## unit tests: the filter's pure modules, the docs and the tools (native, no Envoy)
-	cargo test -p faas-mesh-filter -p faas-mesh-tools
+unit: wasm-target ## unit tests: the filter's pure modules, the docs, the tools and the native module's bridge (no Envoy)
+	cargo test -p faas-mesh-filter -p faas-mesh-tools -p faas-mesh-filter-native
 
-integration: setup openfaas istio-data build release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
+integration: setup openfaas istio-data build native release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
 	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
 
 # Real Istio data for the conformance tests (integration/tests/istio.rs), third-party, never

@@ -224,6 +224,14 @@ impl<H: Host + Clone> Call<H> {
         self.leave_gate();
     }
 
+    /// Whether this request holds state that the root's tick must look after while it lasts:
+    /// held by the gate, an in-flight slot (renewed by the tick's heartbeat), or a gate with work
+    /// of its own (probing, a 5xx to check). Hosts whose timer needs a live stream (the native
+    /// build) keep this one as a carrier while this holds; the wasm build never asks.
+    pub fn needs_ticks(&self) -> bool {
+        self.is_held() || self.inflight || self.gate.as_ref().is_some_and(|g| g.needs_ticks())
+    }
+
     /// Reads the random bytes the request needs into `random`; `None` (logged) when the host has
     /// none: the request is answered, never given guessable ids.
     #[inline(always)]

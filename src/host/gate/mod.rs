@@ -164,6 +164,16 @@ impl<H: Host> Gate<H> {
         }
     }
 
+    /// Whether this worker has work that only its tick does: requests held, a probe in flight,
+    /// a 5xx to check, or readiness still to learn. A host whose timer needs a live stream (the
+    /// native build) keeps one while this holds; proxy-wasm's timer needs nothing.
+    pub fn needs_ticks(&self) -> bool {
+        !self.is_ready()
+            || self.verify.get()
+            || self.probe.get().is_some()
+            || !self.waiting.borrow().is_empty()
+    }
+
     /// The request path's only question once the function is ready.
     #[inline]
     pub fn is_ready(&self) -> bool {

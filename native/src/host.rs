@@ -1,0 +1,750 @@
+//! [`NativeHost`]: the core's [`Host`] on Envoy's dynamic-modules ABI.
+//!
+//! One host per worker thread per filter configuration (shared by that worker's root and its
+//! calls, as the wasm build's one VM per worker is), plus one on the main thread while the
+//! configuration is built, which is the only time Envoy lets a module define metrics.
+//!
+//! Stream-bound calls (headers, local replies, callouts, resuming) act on the *current* stream:
+//! the bridge sets it before every call into the core, as proxy-wasm's effective context.
+
+use crate::abi::{self, ConfigPtr, EnvoyBuffer, FilterPtr, ModuleBuffer, ModuleHeader};
+use crate::pod::PodFiles;
+use crate::shared;
+use faas_mesh_filter::header_map;
+use faas_mesh_filter::host::{Host, HostError};
+use proxy_wasm::types::{MapType, MetricType};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ptr::null_mut;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// A host call that has no stream to act on, or that Envoy refused.
+const NO_STREAM: HostError = HostError(2);
+const REFUSED: HostError = HostError(3);
+const NOT_DEFINED: HostError = HostError(4);
+
+/// The metrics of one filter configuration: defined on the main thread while it is built (the
+/// ids Envoy handed out), read-only afterwards.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    by_name: HashMap<String, u32>,
+    defined: Vec<(MetricType, usize)>,
+}
+
+impl Metrics {
+    fn find(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    fn get(&self, id: u32) -> Option<(MetricType, usize)> {
+        self.defined.get(id as usize).copied()
+    }
+}
+
+/// What every worker of one filter configuration shares (immutable once built).
+pub struct Shared {
+    /// Envoy's `DynamicModuleHttpFilterConfig*`: valid until the configuration is destroyed,
+    /// which Envoy does after the last stream that uses it.
+    pub envoy: ConfigPtr,
+    /// The filter configuration exactly as Envoy handed it over (the wasm build's plugin
+    /// configuration).
+    pub raw: Vec<u8>,
+    pub pod: PodFiles,
+    pub metrics: Metrics,
+}
+
+// SAFETY: `envoy` is only passed back to Envoy's config-level metric callbacks, which are safe
+// from any thread; the rest is plain immutable data.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// Where the host's metric ids come from.
+enum MetricSource {
+    /// Building the configuration on the main thread: `define_metric` defines.
+    Defining {
+        envoy: ConfigPtr,
+        metrics: RefCell<Metrics>,
+    },
+    /// On a worker: `define_metric` finds what was defined.
+    Defined,
+}
+
+/// A callout's answer, readable while the core handles it.
+type CalloutAnswer = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What the core asked of a stream, done once the core has returned (see [`NativeHost::flush`]).
+enum Pending {
+    Resume(FilterPtr),
+    Reply {
+        filter: FilterPtr,
+        status: u32,
+        details: String,
+        body: Vec<u8>,
+        headers: Vec<u8>,
+    },
+}
+
+pub struct State {
+    /// Absent only while defining (there is nothing to share yet).
+    shared: Option<Arc<Shared>>,
+    raw: Rc<[u8]>,
+    pod: Rc<PodFiles>,
+    source: MetricSource,
+    /// The stream stream-bound calls act on (null: none).
+    current: Cell<FilterPtr>,
+    /// The tick period the core asked for (ms; 0: none).
+    pub tick_ms: Cell<u32>,
+    /// Streams the core may address by context id (`set_effective_context`): those that hold
+    /// state needing ticks (held, counted), registered by the bridge.
+    streams: RefCell<Vec<(u32, FilterPtr)>>,
+    /// The answer of the callout being handled (`HttpCallResponseHeaders`).
+    answer: RefCell<Option<CalloutAnswer>>,
+    /// Local replies and resumes the core asked for, not done yet.
+    pending: RefCell<Vec<Pending>>,
+    /// Callouts in flight: (stream, Envoy's id, the core's token).
+    callouts: RefCell<Vec<(FilterPtr, u64, u32)>>,
+    next_token: Cell<u32>,
+}
+
+/// The core's host on one worker (or, while defining, on the main thread). Cheap to clone.
+#[derive(Clone)]
+pub struct NativeHost(pub Rc<State>);
+
+impl NativeHost {
+    /// The main thread's host while Envoy builds a configuration: defines metrics.
+    pub fn defining(envoy: ConfigPtr, raw: &[u8], pod: PodFiles) -> NativeHost {
+        NativeHost(Rc::new(State {
+            shared: None,
+            raw: Rc::from(raw),
+            pod: Rc::new(pod),
+            source: MetricSource::Defining {
+                envoy,
+                metrics: RefCell::new(Metrics::default()),
+            },
+            current: Cell::new(null_mut()),
+            tick_ms: Cell::new(0),
+            streams: RefCell::new(Vec::new()),
+            answer: RefCell::new(None),
+            pending: RefCell::new(Vec::new()),
+            callouts: RefCell::new(Vec::new()),
+            next_token: Cell::new(0),
+        }))
+    }
+
+    /// What the defining host learned, to share with the workers.
+    pub fn into_shared(self, envoy: ConfigPtr) -> Option<Shared> {
+        let state = Rc::try_unwrap(self.0).ok()?;
+        let metrics = match state.source {
+            MetricSource::Defining { metrics, .. } => metrics.into_inner(),
+            MetricSource::Defined => Metrics::default(),
+        };
+        Some(Shared {
+            envoy,
+            raw: state.raw.to_vec(),
+            pod: Rc::try_unwrap(state.pod).unwrap_or_else(|pod| (*pod).clone()),
+            metrics,
+        })
+    }
+
+    /// A worker's host for a configuration.
+    pub fn worker(shared: Arc<Shared>) -> NativeHost {
+        NativeHost(Rc::new(State {
+            raw: Rc::from(shared.raw.as_slice()),
+            pod: Rc::new(shared.pod.clone()),
+            shared: Some(shared),
+            source: MetricSource::Defined,
+            current: Cell::new(null_mut()),
+            tick_ms: Cell::new(0),
+            streams: RefCell::new(Vec::new()),
+            answer: RefCell::new(None),
+            pending: RefCell::new(Vec::new()),
+            callouts: RefCell::new(Vec::new()),
+            next_token: Cell::new(0),
+        }))
+    }
+
+    #[inline]
+    pub fn set_current(&self, filter: FilterPtr) {
+        self.0.current.set(filter);
+    }
+
+    /// Lets the core address a stream by its context id.
+    pub fn track(&self, context_id: u32, filter: FilterPtr) {
+        let mut streams = self.0.streams.borrow_mut();
+        if !streams.iter().any(|(id, _)| *id == context_id) {
+            streams.push((context_id, filter));
+        }
+    }
+
+    /// Forgets a stream (it is being destroyed).
+    pub fn untrack(&self, context_id: u32) {
+        self.0
+            .streams
+            .borrow_mut()
+            .retain(|(id, _)| *id != context_id);
+    }
+
+    /// Some live stream the core can carry root work on (a callout, a tick), if any.
+    pub fn any_tracked(&self) -> Option<FilterPtr> {
+        self.0.streams.borrow().first().map(|(_, f)| *f)
+    }
+
+    /// Makes a callout's answer readable while `f` runs.
+    pub fn with_answer<T>(&self, answer: CalloutAnswer, f: impl FnOnce() -> T) -> T {
+        *self.0.answer.borrow_mut() = Some(answer);
+        let out = f();
+        *self.0.answer.borrow_mut() = None;
+        out
+    }
+
+    /// Does what the core asked of streams during its last callback: local replies and resumes.
+    /// Deferred so that Envoy's synchronous callbacks into this module (a local reply runs the
+    /// response path at once) find the core's call state settled, as proxy-wasm's deferred
+    /// local replies do.
+    #[inline]
+    pub fn flush(&self) {
+        if self.0.pending.borrow().is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut *self.0.pending.borrow_mut());
+        for action in pending {
+            match action {
+                // SAFETY: the stream was current or tracked (alive) when the core asked, and
+                // nothing in between destroyed it (destruction happens between event hooks).
+                Pending::Resume(filter) => unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_continue_decoding(filter)
+                },
+                Pending::Reply {
+                    filter,
+                    status,
+                    details,
+                    body,
+                    headers,
+                } => {
+                    let mut pairs: Vec<ModuleHeader> = (header_map::pairs(&headers))
+                        .map(|(k, v)| ModuleHeader::of(k, v))
+                        .collect();
+                    // SAFETY: as above; every buffer outlives the call (Envoy copies them).
+                    unsafe {
+                        abi::envoy_dynamic_module_callback_http_send_response(
+                            filter,
+                            status,
+                            pairs.as_mut_ptr(),
+                            pairs.len(),
+                            ModuleBuffer::of(&body),
+                            ModuleBuffer::of(details.as_bytes()),
+                        )
+                    };
+                }
+            }
+        }
+    }
+
+    /// The core's token for Envoy's callout `id` on stream `filter` (forgotten now).
+    pub fn callout_token(&self, filter: FilterPtr, id: u64) -> Option<u32> {
+        let mut callouts = self.0.callouts.borrow_mut();
+        let at = callouts
+            .iter()
+            .position(|(f, i, _)| *f == filter && *i == id)?;
+        Some(callouts.swap_remove(at).2)
+    }
+
+    /// Forgets the callouts of a stream that is going away (Envoy cancels them).
+    pub fn forget_callouts(&self, filter: FilterPtr) {
+        self.0
+            .callouts
+            .borrow_mut()
+            .retain(|(f, _, _)| *f != filter);
+    }
+
+    fn filter(&self) -> Result<FilterPtr, HostError> {
+        let f = self.0.current.get();
+        if f.is_null() {
+            Err(NO_STREAM)
+        } else {
+            Ok(f)
+        }
+    }
+
+    fn config_ptr(&self) -> Option<ConfigPtr> {
+        match (&self.0.source, &self.0.shared) {
+            (MetricSource::Defining { envoy, .. }, _) => Some(*envoy),
+            (MetricSource::Defined, Some(shared)) => Some(shared.envoy),
+            _ => None,
+        }
+    }
+
+    fn metric(&self, id: u32) -> Option<(MetricType, usize)> {
+        match (&self.0.source, &self.0.shared) {
+            (MetricSource::Defining { metrics, .. }, _) => metrics.borrow().get(id),
+            (MetricSource::Defined, Some(shared)) => shared.metrics.get(id),
+            _ => None,
+        }
+    }
+
+    /// Reads one header's first value of the current stream (borrowed from Envoy).
+    pub fn header_bytes<'a>(&self, header_type: u32, name: &[u8]) -> Option<&'a [u8]> {
+        let filter = self.filter().ok()?;
+        let mut value = EnvoyBuffer::null();
+        // SAFETY: `filter` is the live current stream; `value` outlives the call.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                filter,
+                header_type,
+                ModuleBuffer::of(name),
+                &mut value,
+                0,
+                null_mut(),
+            )
+        };
+        // SAFETY: Envoy keeps the value until the current event hook ends.
+        (found && !value.ptr.is_null()).then(|| unsafe { value.bytes() })
+    }
+
+    /// Calls `each` with every (name, value) of a header map of the current stream, borrowed
+    /// from Envoy; false when the map is not there.
+    pub fn for_each_header<'a>(
+        &self,
+        header_type: u32,
+        mut each: impl FnMut(&'a [u8], &'a [u8]),
+    ) -> bool {
+        let Ok(filter) = self.filter() else {
+            return false;
+        };
+        // SAFETY: `filter` is the live current stream.
+        let size = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers_size(filter, header_type)
+        };
+        let mut headers = [abi::EnvoyHeader::null(); 48];
+        let mut heap = Vec::new();
+        let slots: &mut [abi::EnvoyHeader] = if size <= headers.len() {
+            headers.get_mut(..size).unwrap_or_default()
+        } else {
+            heap.resize(size, abi::EnvoyHeader::null());
+            &mut heap
+        };
+        // SAFETY: `slots` has room for `size` headers, as Envoy requires.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers(
+                filter,
+                header_type,
+                slots.as_mut_ptr(),
+            )
+        };
+        if !ok {
+            return false;
+        }
+        for header in slots.iter() {
+            // SAFETY: Envoy filled the pairs; they live until the current event hook ends.
+            let (name, value) = unsafe { header.pair() };
+            each(name, value);
+        }
+        true
+    }
+
+    /// The total request body Envoy holds for the current stream: buffered so far plus the
+    /// chunk being delivered (what proxy-wasm reports as the body size while paused).
+    pub fn request_body_size(&self) -> usize {
+        let Ok(filter) = self.filter() else {
+            return 0;
+        };
+        // SAFETY: `filter` is the live current stream.
+        unsafe {
+            let buffered = abi::envoy_dynamic_module_callback_http_get_body_size(
+                filter,
+                abi::BUFFERED_REQUEST_BODY,
+            );
+            let received = abi::envoy_dynamic_module_callback_http_get_body_size(
+                filter,
+                abi::RECEIVED_REQUEST_BODY,
+            );
+            buffered.saturating_add(received)
+        }
+    }
+}
+
+fn header_type(map: MapType) -> Option<u32> {
+    match map {
+        MapType::HttpRequestHeaders => Some(abi::REQUEST_HEADER),
+        MapType::HttpRequestTrailers => Some(abi::REQUEST_TRAILER),
+        MapType::HttpResponseHeaders => Some(abi::RESPONSE_HEADER),
+        MapType::HttpResponseTrailers => Some(abi::RESPONSE_TRAILER),
+        _ => None,
+    }
+}
+
+/// Serializes pairs into the proxy-wasm header-map format the core reads.
+fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let data: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+impl Host for NativeHost {
+    fn now_nanos(&self) -> Result<u64, HostError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .map_err(|_| REFUSED)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        getrandom::getrandom(buf).map_err(|e| HostError(e.code().get()))
+    }
+
+    fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        const LABELS: &[u8] = b"xds\0node\0metadata\0LABELS\0";
+        match path {
+            b"response\0flags" => {
+                let filter = self.filter()?;
+                let mut flags = 0u64;
+                // SAFETY: live stream; `flags` outlives the call.
+                let ok = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                        filter,
+                        abi::ATTR_RESPONSE_FLAGS,
+                        &mut flags,
+                    )
+                };
+                Ok(ok.then(|| flags.to_le_bytes().to_vec()))
+            }
+            b"connection\0mtls" => {
+                let filter = self.filter()?;
+                let mut mtls = false;
+                // SAFETY: live stream; `mtls` outlives the call.
+                let ok = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_get_attribute_bool(
+                        filter,
+                        abi::ATTR_CONNECTION_MTLS,
+                        &mut mtls,
+                    )
+                };
+                Ok(ok.then(|| vec![u8::from(mtls)]))
+            }
+            b"connection\0uri_san_peer_certificate" => {
+                let filter = self.filter()?;
+                let mut value = EnvoyBuffer::null();
+                // SAFETY: live stream; `value` outlives the call.
+                let ok = unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                        filter,
+                        abi::ATTR_CONNECTION_URI_SAN_PEER_CERTIFICATE,
+                        &mut value,
+                    )
+                };
+                // SAFETY: Envoy keeps the value until the current event hook ends.
+                Ok(ok.then(|| unsafe { value.bytes() }.to_vec()))
+            }
+            b"xds\0node\0metadata\0NAMESPACE" => {
+                Ok(self.0.pod.namespace.clone().map(String::into_bytes))
+            }
+            b"xds\0node\0metadata\0ANNOTATIONS" => {
+                let pairs: Vec<(&str, &str)> = (self.0.pod.annotations.iter())
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                Ok(Some(header_map::serialize(&pairs)))
+            }
+            _ => match path.strip_prefix(LABELS) {
+                Some(label) => Ok(self.0.pod.label(label).map(|v| v.as_bytes().to_vec())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn header(&self, map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        if let MapType::HttpCallResponseHeaders = map {
+            let answer = self.0.answer.borrow();
+            return Ok((answer.iter().flatten())
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| v.clone()));
+        }
+        let header_type = header_type(map).ok_or(REFUSED)?;
+        Ok(self
+            .header_bytes(header_type, name.as_bytes())
+            .map(<[u8]>::to_vec))
+    }
+
+    fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
+        Ok((!self.0.raw.is_empty()).then(|| self.0.raw.to_vec()))
+    }
+
+    fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError> {
+        let header_type = header_type(map).ok_or(REFUSED)?;
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        if !self.for_each_header(header_type, |k, v| pairs.push((k, v))) {
+            return Err(REFUSED);
+        }
+        Ok(serialize(&pairs))
+    }
+
+    fn set_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        let header_type = header_type(map).ok_or(REFUSED)?;
+        // SAFETY: live stream; the buffers outlive the call (Envoy copies them).
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                filter,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        ok.then_some(()).ok_or(REFUSED)
+    }
+
+    fn add_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        let header_type = header_type(map).ok_or(REFUSED)?;
+        // SAFETY: as `set_header`.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_add_header(
+                filter,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        ok.then_some(()).ok_or(REFUSED)
+    }
+
+    fn remove_header(&self, map: MapType, name: &str) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        let header_type = header_type(map).ok_or(REFUSED)?;
+        // SAFETY: as `set_header`; a null value removes every value of the header.
+        let ok = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                filter,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::null(),
+            )
+        };
+        ok.then_some(()).ok_or(REFUSED)
+    }
+
+    fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+        Ok(shared::lock().get(key))
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<bool, HostError> {
+        Ok(shared::lock().set(key, value, cas))
+    }
+
+    fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostError> {
+        match &self.0.source {
+            MetricSource::Defined => {
+                let shared = self.0.shared.as_ref().ok_or(NOT_DEFINED)?;
+                shared.metrics.find(name).ok_or(NOT_DEFINED)
+            }
+            MetricSource::Defining { envoy, metrics } => {
+                if let Some(id) = metrics.borrow().find(name) {
+                    return Ok(id);
+                }
+                let mut envoy_id = 0usize;
+                let name_buf = ModuleBuffer::of(name.as_bytes());
+                // SAFETY: called from on_http_filter_config_new with its config pointer;
+                // `envoy_id` outlives the call.
+                let status = unsafe {
+                    match kind {
+                        MetricType::Counter => {
+                            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                                *envoy,
+                                name_buf,
+                                null_mut(),
+                                0,
+                                &mut envoy_id,
+                            )
+                        }
+                        MetricType::Gauge => {
+                            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                                *envoy,
+                                name_buf,
+                                null_mut(),
+                                0,
+                                &mut envoy_id,
+                            )
+                        }
+                        MetricType::Histogram => {
+                            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram(
+                                *envoy,
+                                name_buf,
+                                null_mut(),
+                                0,
+                                &mut envoy_id,
+                            )
+                        }
+                        _ => return Err(REFUSED),
+                    }
+                };
+                if status != abi::METRICS_SUCCESS {
+                    return Err(HostError(status));
+                }
+                let mut metrics = metrics.borrow_mut();
+                let id = u32::try_from(metrics.defined.len()).map_err(|_| REFUSED)?;
+                metrics.defined.push((kind, envoy_id));
+                metrics.by_name.insert(name.to_string(), id);
+                Ok(id)
+            }
+        }
+    }
+
+    fn increment_metric(&self, id: u32, by: i64) -> Result<(), HostError> {
+        let (kind, envoy_id) = self.metric(id).ok_or(NOT_DEFINED)?;
+        let config = self.config_ptr().ok_or(NOT_DEFINED)?;
+        let amount = by.unsigned_abs();
+        // SAFETY: the config outlives every stream and worker that uses it; no labels.
+        let status = unsafe {
+            match (kind, by >= 0) {
+                (MetricType::Counter, true) => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                        config,
+                        envoy_id,
+                        null_mut(),
+                        0,
+                        amount,
+                    )
+                }
+                (MetricType::Gauge, true) => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+                        config,
+                        envoy_id,
+                        null_mut(),
+                        0,
+                        amount,
+                    )
+                }
+                (MetricType::Gauge, false) => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+                        config,
+                        envoy_id,
+                        null_mut(),
+                        0,
+                        amount,
+                    )
+                }
+                _ => return Err(REFUSED),
+            }
+        };
+        (status == abi::METRICS_SUCCESS)
+            .then_some(())
+            .ok_or(HostError(status))
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        let (kind, envoy_id) = self.metric(id).ok_or(NOT_DEFINED)?;
+        let config = self.config_ptr().ok_or(NOT_DEFINED)?;
+        // SAFETY: as `increment_metric`.
+        let status = unsafe {
+            match kind {
+                MetricType::Gauge => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                        config,
+                        envoy_id,
+                        null_mut(),
+                        0,
+                        value,
+                    )
+                }
+                MetricType::Histogram => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+                        config,
+                        envoy_id,
+                        null_mut(),
+                        0,
+                        value,
+                    )
+                }
+                _ => return Err(REFUSED),
+            }
+        };
+        (status == abi::METRICS_SUCCESS)
+            .then_some(())
+            .ok_or(HostError(status))
+    }
+
+    fn set_tick_period_ms(&self, period_ms: u32) -> Result<(), HostError> {
+        self.0.tick_ms.set(period_ms);
+        Ok(())
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        let streams = self.0.streams.borrow();
+        let (_, filter) = (streams.iter())
+            .find(|(id, _)| *id == context_id)
+            .ok_or(NO_STREAM)?;
+        self.0.current.set(*filter);
+        Ok(())
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        self.0.pending.borrow_mut().push(Pending::Resume(filter));
+        Ok(())
+    }
+
+    fn send_local_response(
+        &self,
+        status_code: u32,
+        details: &str,
+        body: &[u8],
+        headers: &[u8],
+    ) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        self.0.pending.borrow_mut().push(Pending::Reply {
+            filter,
+            status: status_code,
+            details: details.to_string(),
+            body: body.to_vec(),
+            headers: headers.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn dispatch_get(
+        &self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Result<u32, HostError> {
+        let filter = self.filter()?;
+        let mut headers = [
+            ModuleHeader::of(b":method", b"GET"),
+            ModuleHeader::of(b":path", path.as_bytes()),
+            ModuleHeader::of(b"host", authority.as_bytes()),
+            ModuleHeader::of(b":authority", authority.as_bytes()),
+        ];
+        let mut id = 0u64;
+        // SAFETY: live stream; every buffer outlives the call; `id` too.
+        let status = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_http_callout(
+                filter,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(b""),
+                timeout_ms,
+            )
+        };
+        if status != abi::CALLOUT_SUCCESS {
+            return Err(HostError(status));
+        }
+        // Envoy numbers callouts per stream; the core's token is unique on this worker.
+        let token = self.0.next_token.get().wrapping_add(1).max(1);
+        self.0.next_token.set(token);
+        self.0.callouts.borrow_mut().push((filter, id, token));
+        Ok(token)
+    }
+}
