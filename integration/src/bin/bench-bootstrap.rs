@@ -4,15 +4,19 @@
 //!
 //! ```text
 //! bench-bootstrap --upstream-port <port> --ecds <file> [--filter shipped|none|lua=<file>]
-//!                 [--wasm <module>] [--config-file <file>] [--route-file <file>]
+//!                 [--module <file>] [--config-file <file>] [--route-file <file>]
 //!                 [--tls <cert>,<key>,<ca>] [--manifest <envoyfilter.yaml>]
 //! ```
 //!
 //! Prints the bootstrap (YAML) on stdout; with `--filter shipped` (the default) it also writes
 //! the ECDS document the bootstrap names to `--ecds`. Every variant is that one bootstrap:
 //! - `shipped`: the manifest's HTTP filter, extension config and plugin configuration, as a
-//!   test's sidecar runs them; `--wasm` swaps the module (the no-op filter), `--config-file` the
-//!   plugin configuration (everything on, policy sizes), nothing else;
+//!   test's sidecar runs them; `--module` swaps the module (the no-op filter), `--config-file`
+//!   the plugin configuration (everything on, policy sizes), nothing else. With
+//!   `FAAS_MESH_BUILD=native` in the environment (the harness's build switch), the filter is the
+//!   native build's dynamic-modules filter in the same place, `--module` its `.so`, and the
+//!   pod's labels go to `pod-info/` beside the ECDS file: Envoy must then run with
+//!   `FAAS_MESH_POD_INFO_DIR` naming that folder;
 //! - `none`: the filter taken out, the router alone (plain Envoy; with `--route-file`, the route
 //!   rules an operator would write instead);
 //! - `lua=<file>`: Envoy's Lua filter with that code in the filter's place.
@@ -31,7 +35,7 @@ struct Args {
     upstream_port: u16,
     ecds: PathBuf,
     filter: Filter,
-    wasm: Option<PathBuf>,
+    module: Option<PathBuf>,
     config_file: Option<PathBuf>,
     route_file: Option<PathBuf>,
     tls: Option<ServerTls>,
@@ -64,7 +68,7 @@ fn run() -> Result<String, String> {
     if let Some(path) = &args.config_file {
         options.plugin_config = read(path)?;
     }
-    options.module = args.wasm.as_ref().map(absolute).transpose()?;
+    options.module = args.module.as_ref().map(absolute).transpose()?;
     options.tls = args.tls;
     // The ECDS document goes where the bootstrap names it: `extension-config.json` beside it.
     let ecds = absolute(&args.ecds)?;
@@ -118,7 +122,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         upstream_port: 0,
         ecds: PathBuf::new(),
         filter: Filter::Shipped,
-        wasm: None,
+        module: None,
         config_file: None,
         route_file: None,
         tls: None,
@@ -143,7 +147,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     },
                 }
             }
-            "--wasm" => args.wasm = Some(value.into()),
+            "--module" => args.module = Some(value.into()),
             "--config-file" => args.config_file = Some(value.into()),
             "--route-file" => args.route_file = Some(value.into()),
             "--manifest" => args.manifest = value.into(),
