@@ -50,7 +50,7 @@ UPSTREAM  := target/release/stand-in-function
 # Every variant's Envoy bootstrap, built from the shipped manifests by the integration crate.
 BENCH_BOOTSTRAP := target/release/bench-bootstrap
 BENCH_VENV := .venv/bench
-BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --upstream $(UPSTREAM) --bootstrap $(BENCH_BOOTSTRAP)
+BENCH_ARGS = --envoy "$(ENVOY_BIN)" --filter $(WASM) --noop $(NOOP_WASM) --native $(NATIVE_SO) --upstream $(UPSTREAM) --bootstrap $(BENCH_BOOTSTRAP)
 # Requests counted by callgrind per variant, after the warm-up; BENCH_FLAGS: more bench.py options
 # (`python3 bench/bench.py --help`), e.g. BENCH_FLAGS="--only plain,default".
 BENCH_REQUESTS ?= 2000
@@ -319,7 +319,7 @@ fuzz: fuzz-setup ## run every fuzz target for FUZZ_SECONDS each (default 300)
 fuzz-smoke: ## every fuzz target for 10 s (part of `make test`)
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
-bench-build: build
+bench-build: build native
 	cargo build --quiet --release --target $(TARGET) --manifest-path bench/noop-filter/Cargo.toml --target-dir target/bench-noop
 	cargo build --quiet --release -p faas-mesh-integration --bin stand-in-function --bin bench-bootstrap
 
@@ -328,7 +328,7 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==3.11.2
 	touch $@
 
-bench: setup bench-build $(BENCH_VENV)/.installed ## cost per request vs plain Envoy, a no-op filter and Lua (BENCH_REQUESTS=2000); writes bench/results/
+bench: setup bench-build $(BENCH_VENV)/.installed ## cost per request and memory: plain Envoy, route rules, the wasm and the native build, a no-op filter, Lua (BENCH_REQUESTS=2000); writes bench/results/
 	@if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null || ! command -v wrk >/dev/null; then \
 	  echo "installing valgrind and wrk (apt)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \

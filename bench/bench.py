@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""What faas-mesh-filter costs per request, side by side with plain Envoy, a no-op Rust wasm
-filter and a Lua filter doing the same visible work, in one run (bench/README.md).
+"""What faas-mesh-filter costs per request, its wasm and its native build side by side with plain
+Envoy, a no-op Rust wasm filter, route rules and a Lua filter doing the same visible work, in one
+run (bench/README.md).
 
     bench.py --envoy <envoy binary> --filter <faas_mesh_filter.wasm> --noop <noop_filter.wasm>
-             --upstream <stand-in-function binary> [--bootstrap <bench-bootstrap binary>]
+             --native <libfaas_mesh_filter_native.so> --upstream <stand-in-function binary> [--bootstrap <bench-bootstrap binary>]
              [--smoke] [--requests 2000] [--warmup 300] [--out bench/results] [--only name,name]
     bench.py --report-only [--check] [--out bench/results]
 
@@ -48,6 +49,8 @@ def main():
     ap.add_argument("--envoy", help="the real Envoy binary (not a launcher)")
     ap.add_argument("--filter", type=Path, help="faas_mesh_filter.wasm")
     ap.add_argument("--noop", type=Path, help="noop_filter.wasm")
+    ap.add_argument("--native", type=Path,
+                    help="libfaas_mesh_filter_native.so (the native build, a dynamic module)")
     ap.add_argument("--upstream", help="the stand-in-function binary")
     ap.add_argument("--bootstrap", type=Path, default=ROOT / "target/release/bench-bootstrap",
                     help="the bench-bootstrap binary (integration crate): every variant's "
@@ -92,6 +95,7 @@ def measure_cli(args):
     from harness import Processes, make_pki
     from variants import variants
     for what, p in (("--envoy", args.envoy), ("--filter", args.filter), ("--noop", args.noop),
+                    ("--native", args.native),
                     ("--upstream", args.upstream), ("--bootstrap", args.bootstrap)):
         if not p or not Path(p).is_file():
             raise RuntimeError(f"{what} {p!r}: no such file (make bench-build, make setup)")

@@ -56,9 +56,10 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def run(self, args, timeout):
+    def run(self, args, timeout, env=None):
         """Runs a command to its end (in its own group, stopped if anything goes wrong)."""
-        proc = self.start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = self.start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env)
         try:
             out, err = proc.communicate(timeout=timeout)
         finally:
@@ -133,6 +134,25 @@ def refusal_in(log_text):
     return m.group(1).strip() if m else None
 
 
+def bootstrap_environment(variant):
+    """bench-bootstrap's environment: the harness's build switch (integration/src/
+    filter_build.rs) names the build whose filter goes in the manifest's place."""
+    env = dict(os.environ)
+    env["FAAS_MESH_BUILD"] = variant.build if variant.filter == "shipped" else "wasm"
+    return env
+
+
+def envoy_environment(variant, workdir):
+    """Envoy's environment: the native build reads its pod (the function's labels) from the
+    folder bench-bootstrap wrote beside the bootstrap (`pod-info`), as a sidecar reads Istio's
+    downward-API files; nothing else may leak in (POD_NAMESPACE)."""
+    env = dict(os.environ)
+    env.pop("POD_NAMESPACE", None)
+    if variant.filter == "shipped" and variant.build == "native":
+        env["FAAS_MESH_POD_INFO_DIR"] = str(workdir / "pod-info")
+    return env
+
+
 class Envoy:
     """One Envoy (optionally under callgrind) with the variant's bootstrap; ports are Envoy's own
     choice (admin and listener port 0), read back from the admin API. With the shipped filter,
@@ -157,7 +177,8 @@ class Envoy:
                    f"--instr-atstart={'yes' if args.instr_at_start else 'no'}",
                    "--dump-instr=no", "--collect-jumps=no"] + cmd
         self.stderr = open(self.workdir / "stderr.log", "w")
-        self.proc = procs.start(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.proc = procs.start(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                env=envoy_environment(variant, self.workdir))
         deadline = time.time() + (900 if valgrind else 60)
         try:
             while True:
@@ -186,9 +207,11 @@ class Envoy:
         """The variant's bootstrap, from `bench-bootstrap` (and the ECDS document it names)."""
         cmd = [str(args.bootstrap), "--upstream-port", str(upstream_port),
                "--ecds", str(self.workdir / "extension-config.json")]
-        if variant.filter == "shipped":
+        if variant.filter == "shipped" and variant.build == "native":
+            cmd += ["--filter", "shipped", "--module", str(args.native)]
+        elif variant.filter == "shipped":
             cmd += ["--filter", "shipped",
-                    "--wasm", str(args.noop if variant.wasm == "noop" else args.filter)]
+                    "--module", str(args.noop if variant.wasm == "noop" else args.filter)]
             if variant.config is not None:
                 path = self.workdir / "plugin-config.json"
                 path.write_text(variant.config if isinstance(variant.config, str)
@@ -205,7 +228,7 @@ class Envoy:
         if variant.tls:
             cmd += ["--tls", ",".join(str(pki / f) for f in ("server.pem", "server.key", "ca.pem"))]
         config = self.workdir / "bootstrap.yaml"
-        config.write_text(self.procs.run(cmd, timeout=60))
+        config.write_text(self.procs.run(cmd, timeout=60, env=bootstrap_environment(variant)))
         return config
 
     def wait_for_plugin_config(self, deadline):
@@ -341,7 +364,7 @@ def check(envoy, client, variant):
         bad(f"X-Start-Time on the request is {start!r}, not unix nanoseconds")
     if headers.get("x-call-id") != call_id:
         bad(f"response X-Call-Id {headers.get('x-call-id')!r} is not the request's {call_id!r}")
-    if variant.check == "native":
+    if variant.check == "route-rules":
         # Envoy's own x-request-id is the call id; the duration is whole milliseconds.
         if (got.get("x-request-id") or [None])[0] != call_id:
             bad(f"X-Call-Id {call_id!r} is not Envoy's x-request-id {got.get('x-request-id')!r}")

@@ -170,7 +170,7 @@ def smoke(procs, args, all_variants, workdir):
                 print(f"bench smoke: {v.name}: FAILED ({e.kind}): {e.message}", file=sys.stderr)
                 failures += 1
     # The memory phase's path: an Envoy with two workers, each served requests, its RSS read.
-    for name in ("noop", "default"):
+    for name in ("noop", "default", "native-default"):
         v = next(v for v in all_variants if v.name == name)
         try:
             kib = rss_after_warmup(procs, args, v, upstream_port, workdir, 2)
@@ -355,6 +355,7 @@ def write_results(args, r, memory, elapsed):
             "heap_kib": memory["heap"], "memory": memory_figures(memory),
             "workers": memory["workers"], "rss_starts": memory["starts"],
             "wasm_bytes": args.filter.stat().st_size, "noop_wasm_bytes": args.noop.stat().st_size,
+            "native_bytes": args.native.stat().st_size,
             "minutes": round(elapsed / 60, 1)}
     data["targets"] = [{"target": t, "measured": m, "state": ok} for t, m, ok in report.targets(data)]
     args.out.mkdir(parents=True, exist_ok=True)

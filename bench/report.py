@@ -16,6 +16,9 @@ TARGET_EVERYTHING = 115_000     # everything on
 TARGET_OWN_RSS_KIB = 3 * 1024   # faas-mesh-filter's VmRSS over the no-op filter, one worker
 TARGET_WORKER_KIB = 256         # each added worker, over what one costs with the no-op filter
 TARGET_WASM_BYTES = 300_000
+# Issue 25's targets: the native build (dynamic module), one worker.
+TARGET_NATIVE = 30_000          # instructions/request over plain Envoy, default configuration
+TARGET_NATIVE_RSS_KIB = 1024    # Envoy VmRSS over plain Envoy
 
 
 def ordered(table):
@@ -102,7 +105,31 @@ def targets(data):
             f"{skib(x)}: faas-mesh-filter {kib(f['per_worker'])} per added worker, the no-op "
             f"filter {kib(mem['noop']['per_worker'])}", met(x <= TARGET_WORKER_KIB)))
     out.append((".wasm under 300 KB", f"{size:,} bytes", met(size < TARGET_WASM_BYTES)))
-    nat = over("native")
+    nd = over("native-default")
+    out.append((f"native build, default configuration: at most +{TARGET_NATIVE // 1000}k "
+                f"instructions/request over plain Envoy (issue 25)",
+                (k(nd) + (f" ({k(nd - TARGET_NATIVE)} over the target)"
+                          if nd > TARGET_NATIVE else "")) if nd is not None
+                else why_not("native-default"),
+                met(nd <= TARGET_NATIVE) if nd is not None else "not measured"))
+    f = mem.get("native-default", {})
+    if "over_plain" in f:
+        x = f["over_plain"]
+        out.append((
+            "native build, default configuration: Envoy VmRSS over plain Envoy at one worker "
+            "at most 1 MB (issue 25)",
+            f"{skib(x)} = {kib(f['one'])} - plain {kib(mem['plain']['one'])}" + (
+                f" ({skib(x - TARGET_NATIVE_RSS_KIB)} over the target)"
+                if x > TARGET_NATIVE_RSS_KIB else ""),
+            met(x <= TARGET_NATIVE_RSS_KIB)))
+    else:
+        out.append(("native build's memory, default configuration",
+                    r.get("native-default", {}).get("rss_error", "not run"), "not measured"))
+    if nd is not None and d is not None:
+        out.append(("the native build against the wasm build, default configuration (no target)",
+                    f"{k(nd)} vs {k(d)} over plain: {d / nd:.1f}x cheaper" if nd > 0
+                    else f"{k(nd)} vs {k(d)} over plain", "(measured)"))
+    nat = over("route-rules")
     if nat is not None and d is not None:
         out.append(("what an operator would configure in plain Envoy instead (route rules; "
                     "no target)", f"{k(nat)} over plain; the filter's default configuration "
@@ -180,8 +207,8 @@ def render_tables(data):
     ]
     for name, f in mem.items():
         label = r.get(name, {}).get("label", name)
-        opt = (lambda key: skib(f[key]) if key in f and name not in ("plain", "noop", "native")
-               else "")
+        # The no-op wasm filter is no baseline of the native build or the route rules.
+        opt = (lambda key: skib(f[key]) if key in f and name in WASM_VARIANTS else "")
         heap = (f"{kib(f['heap_allocated'])} / {kib(f['heap_size'])}"
                 if "heap_size" in f else "")
         over_plain = skib(f["over_plain"]) if name != "plain" and "over_plain" in f else ""
@@ -190,10 +217,11 @@ def render_tables(data):
                      f"| {heap} |")
     lines += [
         "",
-        f"Module sizes: faas-mesh-filter {data['wasm_bytes']:,} bytes, the no-op filter "
-        f"{data['noop_wasm_bytes']:,} bytes.",
+        f"Module sizes: faas-mesh-filter {data['wasm_bytes']:,} bytes (wasm)"
+        + (f", {data['native_bytes']:,} bytes (native, x86_64)" if "native_bytes" in data else "")
+        + f", the no-op filter {data['noop_wasm_bytes']:,} bytes.",
         "",
-        "| target (issue 15) | measured | |",
+        "| target (issues 15 and 25) | measured | |",
         "| --- | --- | --- |",
     ] + [f"| {t} | {md(m)} | {ok} |" for t, m, ok in targets(data)]
     return lines
@@ -222,10 +250,23 @@ def render_shares(data):
              diff("everything", "default"))]
     lines = ["| share of the cost per request | instructions/request |", "| --- | ---: |"]
     lines += [f"| {what} | {k(x) if x is not None else 'not measured'} |" for what, x in rows]
-    if over("native") is not None and over("default") is not None:
+    if over("route-rules") is not None and over("default") is not None:
         lines += ["", f"For comparison, plain Envoy route rules doing the part Envoy can do on its "
-                      f"own cost {k(over('native'))} over plain Envoy; the filter's default "
-                      f"configuration costs {k(diff('default', 'native'))} more than they do."]
+                      f"own cost {k(over('route-rules'))} over plain Envoy; the filter's default "
+                      f"configuration costs {k(diff('default', 'route-rules'))} more than they do."]
+    def or_not(x):
+        return k(x) if x is not None else "not measured"
+
+    if over("native-default") is not None and over("default") is not None:
+        lines += ["", f"The native build (the same core as an Envoy dynamic module) costs "
+                      f"{k(over('native-default'))} over plain Envoy at the default configuration "
+                      f"and {or_not(over('native-everything'))} with everything on, against the "
+                      f"wasm build's {k(over('default'))} and {or_not(over('everything'))}."]
+    nat_mem = mem.get("native-default", {})
+    if "over_plain" in nat_mem:
+        lines += ["", f"Memory, one worker: the native build costs Envoy "
+                      f"{skib(nat_mem['over_plain'])} over plain Envoy (no V8); each added "
+                      f"worker {kib(nat_mem['per_worker'])}."]
     own, noop = mem.get("default", {}), mem.get("noop", {})
     if "over_noop" in own and "over_plain" in noop:
         lines += ["", f"Memory, one worker: any wasm filter costs Envoy {skib(noop['over_plain'])} "
@@ -303,8 +344,15 @@ def md(text):
     return str(text).replace("|", "\\|")
 
 
+# Variants that run a wasm module (their memory is also shown over the no-op wasm filter's).
+WASM_VARIANTS = ("default", "everything", "same-as-lua", "policy-1", "policy-100",
+                 "policy-1000", "headers-50", "principals")
+
 MEMORY_LABELS = {"plain": "plain Envoy", "noop": "no-op wasm filter",
-                 "native": "route rules (plain Envoy)", "default": "faas-mesh-filter {}",
+                 "route-rules": "route rules (plain Envoy)", "default": "faas-mesh-filter {}",
+                 "everything": "faas-mesh-filter,\neverything on",
+                 "native-default": "native build {}",
+                 "native-everything": "native build,\neverything on",
                  "policy-100": "faas-mesh-filter,\n100 functions in policy"}
 
 
@@ -317,8 +365,8 @@ def chart(path, r, mem, n, envoy_version, mach):
     values = [r[x]["instructions"] / 1000 if r[x]["status"] == "measured" else 0 for x in names]
     plain = r.get("plain", {}).get("instructions")
     fig, (ax, mx) = plt.subplots(1, 2, figsize=(16, 7), gridspec_kw={"width_ratios": [3, 2]})
-    colors = ["#888888" if x.startswith("plain") or x in ("noop", "lua", "native") else "#2f6db5"
-              for x in names]
+    colors = ["#888888" if x.startswith("plain") or x in ("noop", "lua", "route-rules")
+              else "#27ae60" if x.startswith("native") else "#2f6db5" for x in names]
     ax.barh([r[x]["label"].replace("`", "") for x in names], values, color=colors)
     if plain:
         ax.axvline(plain / 1000 + TARGET_DEFAULT / 1000, color="#c0392b", linestyle="--",

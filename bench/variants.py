@@ -3,7 +3,8 @@
 Every variant is the bootstrap `bench-bootstrap` (integration/src/bin/bench-bootstrap.rs) builds
 from the shipped manifests, as the integration tests' Envoy is: the manifest's filter at the
 manifest's plugin configuration, or that filter with its module or its plugin configuration
-swapped, or taken out (plain Envoy, the route rules) or replaced by Lua. Nothing else differs.
+swapped, or the native build (the dynamic-modules filter, the same plugin configuration) in its
+place, or taken out (plain Envoy, the route rules) or replaced by Lua. Nothing else differs.
 """
 
 import json
@@ -18,7 +19,7 @@ REWRITTEN_PATH = "/a/b?x=1"
 # %START_TIME% (seconds and nine fraction digits: unix nanoseconds, as the filter writes it), and
 # on the response the call id and a duration. Envoy has no seconds formatter for a duration, so
 # it is `X-Duration-Ms` (%RESPONSE_DURATION%, whole milliseconds to the first response byte).
-NATIVE_ROUTE = {
+ROUTE_RULES = {
     "match": {"prefix": "/function/env/"},
     "route": {"prefix_rewrite": "/"},
     "request_headers_to_add": [
@@ -68,6 +69,10 @@ class Variant:
     filter: str = "none"
     # With "shipped": the module, "filter" (faas_mesh_filter.wasm) or "noop" (the no-op filter).
     wasm: str = "filter"
+    # With "shipped": "wasm" (the manifest's Wasm filter with `wasm`'s module) or "native" (the
+    # dynamic-modules filter with libfaas_mesh_filter_native.so in the same place, the same
+    # plugin configuration: the harness's FAAS_MESH_BUILD=native).
+    build: str = "wasm"
     # With "shipped": the plugin configuration in place of the manifest's (None keeps the
     # manifest's: the filter as it ships); a dict is written as JSON.
     config: object = None
@@ -105,12 +110,18 @@ def variants():
                 wrk=True, memory=True),
         Variant("lua", "3. Lua: rewrite, call id, start time, duration", filter="lua", check="work",
                 wrk=True),
-        Variant("native", "plain Envoy route rules instead: rewrite, call id, start time, duration",
-                check="native", wrk=True, route=NATIVE_ROUTE, memory=True),
+        Variant("route-rules", "plain Envoy route rules instead: rewrite, call id, start time, "
+                "duration", check="route-rules", wrk=True, route=ROUTE_RULES, memory=True),
         Variant("default", "4. faas-mesh-filter, default configuration `{}`",
                 filter="shipped", check="work", wrk=True, memory=True),
         Variant("everything", "5. faas-mesh-filter, everything on (its own trace, readiness, policy)",
-                filter="shipped", config=EVERYTHING_ON, check="work", may_refuse=True, wrk=True),
+                filter="shipped", config=EVERYTHING_ON, check="work", may_refuse=True, wrk=True,
+                memory=True),
+        Variant("native-default", "6. native build (dynamic module), default configuration `{}`",
+                filter="shipped", build="native", check="work", wrk=True, memory=True),
+        Variant("native-everything", "7. native build (dynamic module), everything on",
+                filter="shipped", build="native", config=EVERYTHING_ON, check="work",
+                may_refuse=True, wrk=True, memory=True),
         Variant("same-as-lua", "faas-mesh-filter, Lua's work only (tracing and readiness off)",
                 filter="shipped", config=LUAS_WORK, check="work", wrk=True),
         Variant("policy-1", "scaling: 1 entry in policy.functions",
@@ -131,6 +142,9 @@ def variants():
         Variant("refusal-self-test", "smoke: a configuration the filter must refuse",
                 filter="shipped", config=REFUSED_ON_PURPOSE, check="work", may_refuse=True,
                 smoke_only=True, expect_refusal="policy.default.mode"),
+        Variant("refusal-self-test-native", "smoke: the native build refuses it too",
+                filter="shipped", build="native", config=REFUSED_ON_PURPOSE, check="work",
+                may_refuse=True, smoke_only=True, expect_refusal="policy.default.mode"),
     ]
 
 
