@@ -722,8 +722,9 @@ impl Host for NativeHost {
         let mut headers = [
             ModuleHeader::of(b":method", b"GET"),
             ModuleHeader::of(b":path", path.as_bytes()),
+            // Envoy makes `host` the request's authority (also naming `:authority` would send
+            // the value twice).
             ModuleHeader::of(b"host", authority.as_bytes()),
-            ModuleHeader::of(b":authority", authority.as_bytes()),
         ];
         let mut id = 0u64;
         // SAFETY: live stream; every buffer outlives the call; `id` too.
