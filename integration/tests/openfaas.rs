@@ -7,7 +7,6 @@
 //! time are wide (seconds where the behaviour is milliseconds), so a busy 2-core machine passes.
 
 use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
-use faas_mesh_integration::filter_build::FilterBuild;
 use faas_mesh_integration::http::{Request, Response};
 use faas_mesh_integration::openfaas::{
     link, start_watchdog, summary, wait_for, Forwarder, FunctionServer, Gateway, GatewayOptions,
@@ -24,36 +23,6 @@ const STAT_LIMIT: Duration = Duration::from_secs(30);
 /// Where the function's own server listens inside the watchdog's namespace, and its ready path.
 const FUNCTION_PORT: u16 = 5000;
 const READY_PATH: &str = "/ready";
-
-/// The gate's check of a 5xx, as each build makes it (docs/native.md, "What differs"): the wasm
-/// build's worker probes from its own timer, with no further traffic; the native build's worker
-/// has a tick only while a stream carries it, so the probe goes out with that worker's next
-/// request, which goes on meanwhile. For the native build this sends calls `tag/<n>`, one at a
-/// time, each of which must get `each` (what the function answers while the gate is open), until
-/// `done` holds; returns how many it sent.
-async fn until_checked<F, Fut>(envoy: &Envoy, tag: &str, each: u16, done: F) -> usize
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + STAT_LIMIT;
-    let mut sent = 0;
-    while !done().await {
-        assert!(
-            Instant::now() < deadline,
-            "the gate did not check the 5xx within {STAT_LIMIT:?} ({sent} calls sent)"
-        );
-        match FilterBuild::current() {
-            FilterBuild::Wasm => tokio::time::sleep(Duration::from_millis(10)).await,
-            FilterBuild::Native => {
-                let response = envoy.get(&format!("/function/env/{tag}/{sent}")).await;
-                assert_eq!(response.status, each, "{}", response.text());
-                sent += 1;
-            }
-        }
-    }
-    sent
-}
 
 fn watchdog_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -471,17 +440,12 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
                     // the function is gone, and the gate holds again.
     let response = envoy.get("/function/env/during").await;
     assert_eq!(response.status, 500, "{}", response.text());
-    let build = FilterBuild::current();
-    if build == FilterBuild::Wasm {
-        envoy
-            .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
-            .await;
-    }
-    // One call at a time from now on. Wasm build: the worker that re-armed holds at once; the
-    // other learns it at the latest from its own first 500 (a worker that believes the function
-    // ready reads no shared state on the request path). Native build: the probe that checks the
-    // 500 goes out with that worker's next call (see `until_checked`), and every call on a worker
-    // until its probe has answered meets the dead function.
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
+        .await;
+    // One call at a time from now on: the worker that re-armed holds at once; the other learns it
+    // at the latest from its own first 500 (a worker that believes the function ready reads no
+    // shared state on the request path).
     let addr = envoy.addr();
     let mut calls = Vec::new();
     let mut failed = 0;
@@ -511,15 +475,10 @@ async fn the_gate_rearms_when_the_function_dies_behind_a_live_watchdog() {
             break;
         }
     }
-    match build {
-        FilterBuild::Wasm => assert!(
-            failed <= 1,
-            "{failed} calls failed after the gate re-armed (2 workers: at most 1)"
-        ),
-        // Bounded by the time the probe takes, not by a count: only the 500s are checked
-        // above, and that ten calls are then held within the 40.
-        FilterBuild::Native => eprintln!("{failed} calls failed before the gate re-armed"),
-    }
+    assert!(
+        failed <= 1,
+        "{failed} calls failed after the gate re-armed (2 workers: at most 1)"
+    );
     assert_eq!(calls.len(), 10);
     let function = FunctionServer::start(&pod.w, FUNCTION_PORT, READY_PATH).expect("restart");
     for call in calls {
@@ -553,12 +512,15 @@ async fn a_function_error_is_checked_by_a_probe_and_holds_nothing() {
         assert_eq!(response.status, 500 + i, "{}", response.text());
         assert_eq!(response.json()["path"], format!("/status/{}", 500 + i));
     }
-    // Checked (at least one probe), found well, nothing held or failed (the native build's
-    // probe goes out with a later call, served meanwhile: see `until_checked`).
-    let later = until_checked(envoy, "next", 200, || async {
-        envoy.filter_stat(FUNCTION, "readiness.probes_sent").await > probes
-    })
-    .await;
+    // Checked (at least one probe), found well, nothing held or failed.
+    envoy
+        .wait_for_filter_stat(
+            FUNCTION,
+            "readiness.probes_sent",
+            Duration::from_secs(20),
+            |v| v > probes,
+        )
+        .await;
     assert_eq!(
         echo_of(&envoy.get("/function/env/after").await)["path"],
         "/after"
@@ -569,28 +531,17 @@ async fn a_function_error_is_checked_by_a_probe_and_holds_nothing() {
         envoy.filter_stat(FUNCTION, "readiness.probes_failed").await,
         failed
     );
-    assert_eq!(function.calls().len(), 7 + later);
+    assert_eq!(function.calls().len(), 7);
 }
 
-/// Wasm build: the probe belongs to the pod: a held client that hangs up while the probe is in
-/// flight does not take it along (the next held call is released by that very probe, long
-/// before the probe timeout), and after a successful probe the lease is free, so a function that
-/// dies and comes back is probed again at once.
-///
-/// Native build (docs/native.md, "What differs"): a probe goes out on a stream and its answer is
-/// lost with it; the gate gives it up after `probe_timeout_ms` (counted failed) and a later
-/// probe releases the next held call. The probe timeout is then short enough for that to be
-/// seen, and the check after the last 500 goes out with the next call.
+/// The probe belongs to the pod: a held client that hangs up while the probe is in flight does
+/// not take it along (the next held call is released by that very probe, long before the probe
+/// timeout), and after a successful probe the lease is free, so a function that dies and comes
+/// back is probed again at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
-    let build = FilterBuild::current();
-    // Wasm: a probe timeout far above what the test waits: any probe lost or lease kept shows.
-    let probe_timeout_ms = match build {
-        FilterBuild::Wasm => 20_000,
-        FilterBuild::Native => 3_000,
-    };
-    let config = format!(r#"{{"readiness": {{"probe_timeout_ms": {probe_timeout_ms}}}}}"#);
-    let pod = pod(&config, None).await;
+    // A probe timeout far above what the test waits: any probe lost or lease kept shows.
+    let pod = pod(r#"{"readiness": {"probe_timeout_ms": 20000}}"#, None).await;
     let envoy = &pod.envoy;
     let _watchdog = http_watchdog(&pod.w);
     wait_for(
@@ -631,26 +582,15 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
     let response = envoy.get("/function/env/second").await;
     let waited = started.elapsed();
     assert_eq!(echo_of(&response)["path"], "/second");
-    match build {
-        FilterBuild::Wasm => {
-            assert!(
-                waited < Duration::from_secs(10),
-                "the second call waited {waited:?}: the probe in flight was lost with the first client"
-            );
-            assert_eq!(
-                envoy.filter_stat(FUNCTION, "readiness.probes_failed").await,
-                failed,
-                "the probe was lost"
-            );
-        }
-        // Served (above) once a later probe answered; how long that took is printed, not
-        // asserted (the lost probe's lease, then the worker's next tick).
-        FilterBuild::Native => eprintln!(
-            "the second call waited {waited:?} (probe timeout {probe_timeout_ms} ms); probes failed {} -> {}",
-            failed,
-            envoy.filter_stat(FUNCTION, "readiness.probes_failed").await
-        ),
-    }
+    assert!(
+        waited < Duration::from_secs(10),
+        "the second call waited {waited:?}: the probe in flight was lost with the first client"
+    );
+    assert_eq!(
+        envoy.filter_stat(FUNCTION, "readiness.probes_failed").await,
+        failed,
+        "the probe was lost"
+    );
     assert_eq!(
         function.calls().len(),
         1,
@@ -661,11 +601,9 @@ async fn the_probe_survives_a_client_that_hangs_up_and_reprobes_promptly() {
     // 20 s lease of the probe that succeeded.
     drop(function);
     assert_eq!(envoy.get("/function/env/dead").await.status, 500);
-    if build == FilterBuild::Wasm {
-        envoy
-            .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
-            .await;
-    }
+    envoy
+        .wait_for_filter_stat(FUNCTION, "readiness.ready", STAT_LIMIT, |v| v == 0)
+        .await;
     let _function = FunctionServer::start(&pod.w, FUNCTION_PORT, READY_PATH).expect("restart");
     let started = Instant::now();
     assert_eq!(
