@@ -21,7 +21,7 @@ export FILTER_WASM := $(CURDIR)/$(WASM)
 NATIVE_SO := target/release/libfaas_mesh_filter_native.so
 export NATIVE_MODULE := $(CURDIR)/$(NATIVE_SO)
 
-# The integration suite proves both builds (docs/development.md, "One suite, two builds"): all of it on
+# The integration suite proves both builds (docs/native.md, "Tested on both builds"): all of it on
 # the wasm build against ENVOY_VERSION, then the suites that are not about Wasm with
 # FAAS_MESH_BUILD=native. A dynamic module is tied to the Envoy it was built against, so the
 # native pass always runs on NATIVE_ENVOY_VERSION, also when ENVOY_VERSION=1.36.4.
