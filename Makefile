@@ -21,6 +21,21 @@ export FILTER_WASM := $(CURDIR)/$(WASM)
 NATIVE_SO := target/release/libfaas_mesh_filter_native.so
 export NATIVE_MODULE := $(CURDIR)/$(NATIVE_SO)
 
+# The integration suite proves both builds (docs/development.md, "One suite, two builds"): all of it on
+# the wasm build against ENVOY_VERSION, then the suites that are not about Wasm with
+# FAAS_MESH_BUILD=native. A dynamic module is tied to the Envoy it was built against, so the
+# native pass always runs on NATIVE_ENVOY_VERSION, also when ENVOY_VERSION=1.36.4.
+NATIVE_ENVOY_VERSION := 1.40.0
+NATIVE_VENV          := .venv/envoy-$(NATIVE_ENVOY_VERSION)
+NATIVE_ENVOY_BIN      = $(shell ls -1 $(CURDIR)/$(NATIVE_VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
+# Every file of integration/tests is in exactly one list (`make integration-suites` checks): the
+# suites both builds run; those that prove facts of the Wasm build only (a trapping VM and
+# failure_policy, the wasm delivery: ConfigMap, OCI image, Istio's WasmPlugin); and those of the
+# native build only (how Envoy 1.40 loads the module, its exports).
+BOTH_SUITES        := annotations bodies faults foundation hostile observability one_trace openfaas policy readiness reconfigure soak
+WASM_ONLY_SUITES   := delivery istio trap
+NATIVE_ONLY_SUITES := native
+
 # Delivery: the operator's configuration file, where rendered manifests go, the image reference.
 CONFIG    ?= envoyfilter/config.json
 MANIFESTS ?= target/manifests
@@ -66,7 +81,7 @@ export OF_GATEWAY_BIN  := $(CURDIR)/$(OF_GATEWAY)
 
 .PHONY: openfaas openfaas-sources go cold-start
 .PHONY: native native-symbols
-.PHONY: help setup build size test unit integration istio-data soak lint check run demo clean manifests render oci validate
+.PHONY: help setup build size test unit integration integration-native integration-suites istio-data soak lint check run demo clean manifests render oci validate
 .PHONY: wasm-target release release-setup release-repro publish workflow-lint
 
 # Release: one folder an operator applies as it is (tools/release.sh lists what is in it).
@@ -102,6 +117,12 @@ setup: $(VENV)/.installed validate/node_modules/.installed ## install the wasm t
 validate/node_modules/.installed: validate/package.json validate/package-lock.json
 	npm ci --prefix validate --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The native pass's Envoy, when ENVOY_VERSION names another one: the rule above, for that version.
+ifneq ($(NATIVE_VENV),$(VENV))
+$(NATIVE_VENV)/.installed:
+	@$(MAKE) --no-print-directory ENVOY_VERSION=$(NATIVE_ENVOY_VERSION) VENV=$(NATIVE_VENV) $@
+endif
 
 $(VENV)/.installed:
 	python3 -m venv $(VENV)
@@ -175,8 +196,25 @@ wasm-target:
 unit: wasm-target ## unit tests: the filter's pure modules, the docs, the tools and the native module's bridge (no Envoy)
 	cargo test -p faas-mesh-filter -p faas-mesh-tools -p faas-mesh-filter-native
 
-integration: setup openfaas istio-data build native release ## integration tests against a real Envoy (ENVOY_VERSION=1.36.4 for the oldest supported)
-	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" cargo test -p faas-mesh-integration
+integration: integration-suites setup openfaas istio-data build native release $(NATIVE_VENV)/.installed ## integration tests against a real Envoy: wasm build, then native on $(NATIVE_ENVOY_VERSION) (ENVOY_VERSION=1.36.4: the wasm pass on the oldest supported)
+	ENVOY_BIN="$(ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" \
+	  cargo test -p faas-mesh-integration --lib --bins $(addprefix --test ,$(BOTH_SUITES) $(WASM_ONLY_SUITES))
+	@$(MAKE) --no-print-directory integration-native
+
+integration-native: integration-suites openfaas native $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
+	@echo "native build on Envoy $(NATIVE_ENVOY_VERSION): $(BOTH_SUITES) $(NATIVE_ONLY_SUITES) (wasm only: $(WASM_ONLY_SUITES))"
+	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" \
+	  cargo test -p faas-mesh-integration $(addprefix --test ,$(BOTH_SUITES) $(NATIVE_ONLY_SUITES))
+
+# A new suite must say which builds it proves: every file of integration/tests is in exactly one
+# of the three lists, and every name in them is a file.
+integration-suites:
+	@all=" $(BOTH_SUITES) $(WASM_ONLY_SUITES) $(NATIVE_ONLY_SUITES) "; \
+	for f in integration/tests/*.rs; do s=$$(basename $$f .rs); \
+	  n=$$(echo "$$all" | tr ' ' '\n' | grep -cx "$$s"); \
+	  test "$$n" = 1 || { echo "integration/tests/$$s.rs is in $$n of BOTH_SUITES, WASM_ONLY_SUITES and NATIVE_ONLY_SUITES (Makefile), not 1" >&2; exit 1; }; \
+	done; \
+	for s in $$all; do test -f integration/tests/$$s.rs || { echo "the Makefile names suite $$s: no integration/tests/$$s.rs" >&2; exit 1; }; done
 
 # Real Istio data for the conformance tests (integration/tests/istio.rs), third-party, never
 # committed: into .cache/istio/ (ignored) from the offline mirror ISTIO_DATA=<dir>, or from

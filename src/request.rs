@@ -41,12 +41,21 @@ pub struct Incoming<'a> {
 impl<'a> Incoming<'a> {
     /// Reads a serialized request header map (the proxy-wasm pair format).
     pub fn scan(headers: &'a [u8], plan: &Plan) -> Incoming<'a> {
+        Incoming::scan_pairs(header_map::pairs(headers), plan)
+    }
+
+    /// Reads a request's header pairs, as a host hands them over.
+    #[inline(always)]
+    pub fn scan_pairs(
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        plan: &Plan,
+    ) -> Incoming<'a> {
         let mut incoming = Incoming::default();
         let tracing = plan.tracing.b3 || plan.tracing.w3c;
         let call_id = plan.headers.call_id.as_bytes();
         let start_time = plan.headers.start_time.as_bytes();
         let policy = plan.policy.is_active();
-        for (name, value) in header_map::pairs(headers) {
+        for (name, value) in pairs {
             if name == b":path" {
                 incoming.path = value;
             } else if name == call_id {

@@ -10,6 +10,7 @@
 //! and is killed by the kernel if the test process dies first.
 
 use crate::envoy_process::EnvoyProcess;
+use crate::filter_build::{FilterBuild, PodInfo, DYNAMIC_MODULE_FILTER_TYPE, NATIVE_FILTER_NAME};
 use crate::http::{self, Request, Response};
 use crate::manifest::Patches;
 use serde_json::{json, Value};
@@ -47,9 +48,11 @@ pub struct EnvoyOptions {
     /// The Wasm filter's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`) in place of
     /// the manifest's; `None` keeps the manifest's (`fail_open` wins over both).
     pub failure_policy: Option<String>,
-    /// The module to load in place of the release build (e.g. [`trap_wasm`], or the module a
-    /// release bundle's ConfigMap carries, as the sidecar finds it at the manifest's filename).
-    pub wasm: Option<PathBuf>,
+    /// The module to load in place of the release build of the build under test
+    /// ([`FilterBuild::current`]): a `.wasm` (e.g. [`trap_wasm`], or the module a release
+    /// bundle's ConfigMap carries, as the sidecar finds it at the manifest's filename), or a
+    /// native `.so`.
+    pub module: Option<PathBuf>,
     /// The EnvoyFilter manifest to build from (default: `envoyfilter/envoyfilter.yaml`).
     pub manifest: Option<PathBuf>,
     /// Envoy's `normalize_path` (Istio's default `pathNormalization: BASE`); false is Istio's
@@ -103,7 +106,7 @@ impl EnvoyOptions {
             fail_open: false,
             normalize_path: true,
             failure_policy: None,
-            wasm: None,
+            module: None,
             hcm_tracing: None,
         }
     }
@@ -118,8 +121,8 @@ impl EnvoyOptions {
     /// manifest carries.
     pub fn from_manifest(manifest: &Path, function_port: u16) -> io::Result<Self> {
         let patches = Patches::load(manifest).map_err(io::Error::other)?;
-        let config = patches.extension_config["typed_config"]["config"]["configuration"]["value"]
-            .as_str()
+        let config = patches
+            .plugin_config()
             .ok_or_else(|| io::Error::other("the manifest carries no configuration value"))?
             .to_string();
         let mut options = Self::for_function(function_port).config(config);
@@ -156,7 +159,8 @@ pub struct Envoy {
     listener: SocketAddr,
     patches: Patches,
     ecds_path: PathBuf,
-    wasm: PathBuf,
+    module: PathBuf,
+    build: FilterBuild,
     version: u64,
     initial: ConfigOutcome,
     failure_policy: Option<String>,
@@ -264,7 +268,7 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 /// What `EnvoyOptions` render into a folder: the bootstrap, and the ECDS file it names.
 struct Rendered {
     patches: Patches,
-    wasm: PathBuf,
+    module: PathBuf,
     failure_policy: Option<String>,
     ecds_path: PathBuf,
     bootstrap: Value,
@@ -276,21 +280,51 @@ impl EnvoyOptions {
     /// file the bootstrap names (`extension-config.json`, with the module and the plugin
     /// configuration) into `dir`, which must outlive the Envoy started on it. HCM tracing, if
     /// set, is left out (it needs the test's collector).
+    ///
+    /// For the build under test ([`FilterBuild::current`]). The native build also gets the pod
+    /// folder in `dir` (see [`crate::filter_build::write_pod_info`]): an Envoy started on this
+    /// bootstrap by someone else than [`EnvoyProcess::start`] (which does it) must be given the
+    /// environment [`EnvoyOptions::environment`] returns for `dir`.
     pub fn bootstrap_yaml(&self, dir: &Path) -> io::Result<String> {
         let rendered = self.render(dir, None)?;
         serde_yaml::to_string(&rendered.bootstrap).map_err(io::Error::other)
     }
 
+    /// The environment variables an Envoy started on [`EnvoyOptions::bootstrap_yaml`]`(dir)`
+    /// needs, as (name, value); a `None` value: remove it from the inherited environment.
+    /// Nothing for the wasm build; `FAAS_MESH_POD_INFO_DIR` for the native one.
+    pub fn environment(dir: &Path) -> Vec<(&'static str, Option<PathBuf>)> {
+        crate::filter_build::envoy_environment(FilterBuild::current(), dir)
+    }
+
     fn render(&self, dir: &Path, collector_port: Option<u16>) -> io::Result<Rendered> {
-        let wasm = match &self.wasm {
+        let build = FilterBuild::current();
+        let module = match &self.module {
             Some(path) => path.clone(),
-            None => filter_wasm()?,
+            None => build.module()?,
         };
         let failure_policy = if self.fail_open {
             Some("FAIL_OPEN".to_string())
         } else {
             self.failure_policy.clone()
         };
+        if build == FilterBuild::Native && failure_policy.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the dynamic-modules filter has no failure_policy (fail_open and \
+                 failure_policy are the Wasm filter's)",
+            ));
+        }
+        if build == FilterBuild::Native {
+            crate::filter_build::write_pod_info(
+                dir,
+                &PodInfo {
+                    labels: self.labels.clone(),
+                    annotations: self.annotations.clone(),
+                    namespace: self.namespace.clone(),
+                },
+            )?;
+        }
         let patches = match &self.manifest {
             Some(path) => Patches::load(path),
             None => Patches::from_repository(),
@@ -300,18 +334,20 @@ impl EnvoyOptions {
         write_atomically(
             &ecds_path,
             &ecds_document(
+                build,
                 &patches,
-                &wasm,
+                &module,
                 &self.plugin_config,
                 1,
                 failure_policy.as_deref(),
-            ),
+            )?,
         )?;
-        let stats_tags = crate::manifest::stats_tags().map_err(io::Error::other)?;
-        let bootstrap = bootstrap(self, &patches, &ecds_path, stats_tags, collector_port);
+        let mut bootstrap = bootstrap(self, &patches, &ecds_path, collector_port);
+        let observability = crate::manifest::bootstrap_override().map_err(io::Error::other)?;
+        crate::manifest::merge_bootstrap(&mut bootstrap, &observability);
         Ok(Rendered {
             patches,
-            wasm,
+            module,
             failure_policy,
             ecds_path,
             bootstrap,
@@ -336,7 +372,7 @@ impl Envoy {
         };
         let Rendered {
             patches,
-            wasm,
+            module,
             failure_policy,
             ecds_path,
             bootstrap,
@@ -360,7 +396,8 @@ impl Envoy {
             listener,
             patches,
             ecds_path,
-            wasm,
+            module,
+            build: FilterBuild::current(),
             version: 1,
             initial,
             failure_policy,
@@ -412,7 +449,8 @@ impl Envoy {
             .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.process.log_tail(40)))
     }
 
-    /// Envoy's log so far (the filter logs under the `wasm` component).
+    /// Envoy's log so far (the filter logs under the component
+    /// [`FilterBuild::log_component`] names).
     pub fn log(&self) -> String {
         self.process.log()
     }
@@ -502,25 +540,27 @@ impl Envoy {
     /// Pushes a new plugin configuration, as istiod would after `kubectl apply`, and waits for
     /// Envoy to accept or reject it.
     pub async fn push_config(&mut self, plugin_config: &str) -> io::Result<ConfigOutcome> {
-        let wasm = self.wasm.clone();
-        self.push(plugin_config, &wasm).await
+        let module = self.module.clone();
+        self.push(plugin_config, &module).await
     }
 
-    /// Pushes a plugin configuration together with a module (a new version of the filter).
-    pub async fn push(&mut self, plugin_config: &str, wasm: &Path) -> io::Result<ConfigOutcome> {
+    /// Pushes a plugin configuration together with a module (a new version of the filter: a
+    /// `.wasm` or a `.so`, as the build under test runs).
+    pub async fn push(&mut self, plugin_config: &str, module: &Path) -> io::Result<ConfigOutcome> {
         let filter = self.filter_name();
         let before = self.process.ecds_counters(&filter).await?;
         self.version += 1;
-        self.wasm = wasm.to_path_buf();
+        self.module = module.to_path_buf();
         write_atomically(
             &self.ecds_path,
             &ecds_document(
+                self.build,
                 &self.patches,
-                wasm,
+                module,
                 plugin_config,
                 self.version,
                 self.failure_policy.as_deref(),
-            ),
+            )?,
         )?;
         self.process.wait_for_config_outcome(&filter, before).await
     }
@@ -552,29 +592,79 @@ fn write_atomically(path: &Path, document: &Value) -> io::Result<()> {
 }
 
 /// The ECDS resource from the manifest's EXTENSION_CONFIG patch, with the module path and the
-/// plugin configuration of this test.
+/// plugin configuration of this test, for the build under test.
 fn ecds_document(
+    build: FilterBuild,
     patches: &Patches,
-    wasm: &Path,
+    module: &Path,
     plugin_config: &str,
     version: u64,
     failure_policy: Option<&str>,
-) -> Value {
-    let mut extension = patches.extension_config.clone();
-    let config = &mut extension["typed_config"]["config"];
+) -> io::Result<Value> {
+    let typed_config = match build {
+        FilterBuild::Wasm => wasm_typed_config(patches, module, plugin_config, failure_policy)?,
+        FilterBuild::Native => native_typed_config(patches, module, plugin_config),
+    };
+    Ok(json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": patches.extension_config["name"],
+            "typed_config": typed_config,
+        }],
+    }))
+}
+
+/// The manifest's Wasm filter with the module path and the plugin configuration.
+fn wasm_typed_config(
+    patches: &Patches,
+    wasm: &Path,
+    plugin_config: &str,
+    failure_policy: Option<&str>,
+) -> io::Result<Value> {
+    let mut typed_config = patches.extension_config["typed_config"].clone();
+    if typed_config["@type"] != crate::filter_build::WASM_FILTER_TYPE {
+        return Err(io::Error::other(format!(
+            "the wasm build needs a manifest with the Wasm filter, not {}",
+            typed_config["@type"]
+        )));
+    }
+    let config = &mut typed_config["config"];
     if let Some(policy) = failure_policy {
         config["failure_policy"] = json!(policy);
     }
     config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
     config["configuration"]["value"] = json!(plugin_config);
-    json!({
-        "version_info": version.to_string(),
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": extension["name"],
-            "typed_config": extension["typed_config"],
-        }],
-    })
+    Ok(typed_config)
+}
+
+/// The dynamic-modules filter in the manifest's filter's place: the manifest's own when it
+/// carries one (the native EnvoyFilter), else built for the Wasm manifest's plugin
+/// configuration (the contract of issue 25: `filter_name` `faas-mesh-filter`, `filter_config` a
+/// StringValue holding exactly the JSON the wasm build takes). Either way the module is loaded
+/// from its local file.
+fn native_typed_config(patches: &Patches, module: &Path, plugin_config: &str) -> Value {
+    let manifest = &patches.extension_config["typed_config"];
+    let mut typed_config = if manifest["@type"] == DYNAMIC_MODULE_FILTER_TYPE {
+        manifest.clone()
+    } else {
+        json!({ "@type": DYNAMIC_MODULE_FILTER_TYPE, "filter_name": NATIVE_FILTER_NAME })
+    };
+    let mut module_config = typed_config["dynamic_module_config"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    module_config.remove("name");
+    module_config.insert(
+        "module".into(),
+        json!({ "local": { "filename": module.display().to_string() } }),
+    );
+    typed_config["dynamic_module_config"] = Value::Object(module_config);
+    typed_config["filter_config"] = json!({
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": plugin_config,
+    });
+    typed_config
 }
 
 /// The bootstrap: node metadata as Istio writes it, one inbound listener with the HTTP
@@ -584,7 +674,6 @@ fn bootstrap(
     options: &EnvoyOptions,
     patches: &Patches,
     ecds_path: &Path,
-    stats_tags: Value,
     collector_port: Option<u16>,
 ) -> Value {
     let function = options
@@ -619,6 +708,10 @@ fn bootstrap(
     }
     source["path_config_source"] = json!({ "path": ecds_path.display().to_string() });
     source["resource_api_version"] = json!("V3");
+    if FilterBuild::current() == FilterBuild::Native {
+        // The native filter in the Wasm filter's place: the same resource name, its own type.
+        http_filter["config_discovery"]["type_urls"] = json!([DYNAMIC_MODULE_FILTER_TYPE]);
+    }
 
     let mut readiness_cluster = patches.cluster.clone();
     point_at(&mut readiness_cluster, options.function_port);
@@ -727,7 +820,6 @@ fn bootstrap(
     }
 
     json!({
-        "stats_config": { "stats_tags": stats_tags },
         "node": {
             "id": format!("sidecar~127.0.0.1~{function}-7c9d8b6f5-x2x4z.{namespace}~{namespace}.svc.cluster.local"),
             "cluster": format!("{function}.{namespace}"),

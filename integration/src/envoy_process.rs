@@ -3,6 +3,7 @@
 //! an extension configuration. Every Envoy the tests start is held in one of these, so each is
 //! killed and reaped with its test, and a failing test prints the tail of its log.
 
+use crate::filter_build::FilterBuild;
 use crate::http::{self, Request, Response};
 use serde_json::Value;
 use std::io;
@@ -38,13 +39,16 @@ pub struct EnvoyProcess {
 impl EnvoyProcess {
     /// Writes `bootstrap` into `dir`, starts Envoy on it with `concurrency` workers, and waits
     /// until its admin port answers. Envoy writes `envoy.log` and `stdout-stderr.log` into `dir`,
-    /// which lives as long as the process.
+    /// which lives as long as the process. For the native build Envoy gets the environment of
+    /// [`crate::filter_build::envoy_environment`] (the pod folder that
+    /// [`crate::envoy::EnvoyOptions::bootstrap_yaml`] wrote into `dir`).
     pub async fn start(
         dir: tempfile::TempDir,
         bootstrap: &Value,
         concurrency: u32,
     ) -> io::Result<EnvoyProcess> {
         let binary = crate::envoy::envoy_binary()?;
+        let build = FilterBuild::current();
         let bootstrap_path = dir.path().join("bootstrap.json");
         std::fs::write(&bootstrap_path, serde_json::to_vec_pretty(bootstrap)?)?;
         let admin_file = dir.path().join("admin-address");
@@ -59,12 +63,19 @@ impl EnvoyProcess {
             .arg(&admin_file)
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+            .args(["--log-level", "info", "--component-log-level"])
+            .arg(format!("{}:debug", build.log_component()))
             // Flush the log often, so a test reads what the filter just logged.
             .args(["--file-flush-interval-msec", "20"])
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output);
+        for (name, value) in crate::filter_build::envoy_environment(build, dir.path()) {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
         crate::dies_with_the_test(&mut command);
         let child = command
             .spawn()
@@ -185,7 +196,7 @@ impl EnvoyProcess {
         self.child.id()
     }
 
-    /// Envoy's log so far (the filter logs under the `wasm` component).
+    /// Envoy's log so far (the filter logs under [`FilterBuild::log_component`]).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
@@ -238,11 +249,13 @@ impl EnvoyProcess {
 }
 
 /// Envoy's name for one of the filter's stats for `function` (`metric` as the filter names it,
-/// e.g. `readiness.pending`): the filter's own [`faas_mesh_filter::metrics::name`] under
-/// `wasmcustom.`, where Envoy shows a Wasm module's stats.
+/// e.g. `readiness.pending`): the filter's own [`faas_mesh_filter::metrics::name`] under the
+/// prefix where Envoy shows the build's stats ([`FilterBuild::stats_prefix`]: `wasmcustom.` for
+/// a Wasm module, `dynamicmodulescustom.` for a dynamic module).
 pub fn filter_stat_name(function: &str, metric: &str) -> String {
     format!(
-        "wasmcustom.{}",
+        "{}{}",
+        FilterBuild::current().stats_prefix(),
         faas_mesh_filter::metrics::name(function, metric)
     )
 }
@@ -251,7 +264,8 @@ pub fn filter_stat_name(function: &str, metric: &str) -> String {
 /// [`faas_mesh_filter::metrics::policy_reason`].
 pub fn policy_stat_name(function: &str, reason: &str, outcome: &str) -> String {
     format!(
-        "wasmcustom.{}",
+        "{}{}",
+        FilterBuild::current().stats_prefix(),
         faas_mesh_filter::metrics::policy_reason(function, reason, outcome)
     )
 }

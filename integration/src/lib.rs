@@ -4,7 +4,8 @@
 //! - [`stand_in::StandInFunction`]: an OpenFaaS-like function (watchdog health and readiness
 //!   endpoints, echoes what it received);
 //! - [`envoy::Envoy`]: the pinned Envoy binary, configured from the patches in
-//!   `envoyfilter/envoyfilter.yaml`, with the release `.wasm` loaded by file-based ECDS;
+//!   `envoyfilter/envoyfilter.yaml`, with the release `.wasm` loaded by file-based ECDS, or the
+//!   native `.so` in its place ([`filter_build`]: `FAAS_MESH_BUILD=wasm|native`);
 //! - [`http`]: a small HTTP/1.1 client that sends exactly the bytes a test asks for (duplicate
 //!   headers, odd request targets), and an HTTP/2 (prior knowledge) client;
 //! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities;
@@ -13,6 +14,7 @@
 
 pub mod envoy;
 pub mod envoy_process;
+pub mod filter_build;
 pub mod http;
 pub mod istio;
 pub mod manifest;

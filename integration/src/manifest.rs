@@ -9,7 +9,7 @@ use std::path::Path;
 pub struct Patches {
     /// CLUSTER (SIDECAR_INBOUND): the local cluster the readiness probe uses.
     pub cluster: Value,
-    /// EXTENSION_CONFIG: `{name, typed_config}` of the Wasm filter.
+    /// EXTENSION_CONFIG: `{name, typed_config}` of the filter (Wasm, or dynamic module).
     pub extension_config: Value,
     /// HTTP_FILTER (SIDECAR_INBOUND, INSERT_BEFORE the router): `{name, config_discovery}`.
     pub http_filter: Value,
@@ -97,6 +97,15 @@ impl Patches {
             .to_string()
     }
 
+    /// The plugin configuration the manifest carries: the Wasm filter's `configuration`, or the
+    /// dynamic-modules filter's `filter_config` (a StringValue either way).
+    pub fn plugin_config(&self) -> Option<&str> {
+        let typed_config = &self.extension_config["typed_config"];
+        typed_config["config"]["configuration"]["value"]
+            .as_str()
+            .or_else(|| typed_config["filter_config"]["value"].as_str())
+    }
+
     /// The readiness cluster's name.
     pub fn cluster_name(&self) -> String {
         self.cluster["name"]
@@ -116,9 +125,10 @@ fn expect(patch: &Value, pointer: &str, want: &str) -> Result<(), String> {
     }
 }
 
-/// The stats tag-extraction rules shipped in `envoyfilter/observability.yaml` (the bootstrap
-/// override Istio merges into a sidecar's bootstrap).
-pub fn stats_tags() -> Result<Value, String> {
+/// The bootstrap override shipped in `envoyfilter/observability.yaml` (`custom_bootstrap.json`,
+/// which Istio merges into a sidecar's bootstrap): its stats tag-extraction rules, and whatever
+/// else it sets.
+pub fn bootstrap_override() -> Result<Value, String> {
     let path = crate::repo_root().join("envoyfilter/observability.yaml");
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -128,5 +138,49 @@ pub fn stats_tags() -> Result<Value, String> {
         .ok_or("observability.yaml: no data.custom_bootstrap.json")?;
     let bootstrap: Value = serde_json::from_str(bootstrap)
         .map_err(|e| format!("observability.yaml: custom_bootstrap.json is not JSON: {e}"))?;
-    Ok(bootstrap["stats_config"]["stats_tags"].clone())
+    if !bootstrap.is_object() {
+        return Err("observability.yaml: custom_bootstrap.json is not an object".into());
+    }
+    Ok(bootstrap)
+}
+
+/// Merges `over` into `base` as Istio merges a bootstrap override (protobuf merge on the JSON
+/// form): objects field by field, lists appended, anything else replaced.
+pub fn merge_bootstrap(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(key) {
+                    Some(existing) => merge_bootstrap(existing, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(over)) => base.extend(over.iter().cloned()),
+        (base, over) => *base = over.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_override_merges_as_protobuf_does() {
+        let mut base = json!({"a": {"b": 1, "c": [1]}, "d": "x"});
+        merge_bootstrap(&mut base, &json!({"a": {"c": [2], "e": true}, "d": "y"}));
+        assert_eq!(
+            base,
+            json!({"a": {"b": 1, "c": [1, 2], "e": true}, "d": "y"})
+        );
+    }
+
+    #[test]
+    fn the_shipped_override_carries_tag_rules() {
+        let over = bootstrap_override().expect("observability.yaml");
+        assert!(over["stats_config"]["stats_tags"].as_array().is_some());
+    }
 }

@@ -144,3 +144,32 @@ async fn the_readiness_path_annotation_is_what_the_gate_probes() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(function.probes(), 0, "the health endpoints were not probed");
 }
+
+/// An annotation's value is data, never more annotations: a value that quotes, escapes and breaks
+/// lines to look like a narrowing annotation of its own (as a pod's owner may write any value)
+/// changes nothing, and a value with quotes and backslashes reaches the filter exactly (the
+/// native build reads Kubernetes' quoted downward-API file; the wasm build, node metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotation_value_cannot_smuggle_another_annotation() {
+    let (function, envoy) = pod(&[
+        (
+            "com.example.note",
+            "x\"\ncom.openfaas.mesh.methods=\"POST\"\ncom.openfaas.mesh.max_body_bytes=\"1",
+        ),
+        ("com.example.path", "C:\\ \"quoted\" \t tab"),
+        ("com.openfaas.mesh.max_body_bytes", "500"),
+    ])
+    .await;
+    // Only the real annotation narrowed anything: GET is still allowed, bodies up to 500.
+    assert_eq!(status(&envoy, "GET", 0).await, 200);
+    assert_eq!(status(&envoy, "POST", 500).await, 200);
+    assert_eq!(status(&envoy, "POST", 501).await, 413);
+    assert_eq!(function.calls(), 2);
+    let applied = envoy
+        .wait_for_filter_stat("env", "annotations.applied", Duration::from_secs(10), |v| {
+            v >= 1
+        })
+        .await;
+    assert_eq!(applied, 1);
+    assert_eq!(envoy.filter_stat("env", "annotations.refused").await, 0);
+}

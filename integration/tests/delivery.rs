@@ -235,7 +235,7 @@ async fn the_bundles_manifests_run_as_they_are_and_its_checker_speaks_for_the_si
     let mut options =
         EnvoyOptions::from_manifest(&manifests.join("envoyfilter.yaml"), function.port())
             .expect("the bundle's EnvoyFilter");
-    options.wasm = Some(wasm_path);
+    options.module = Some(wasm_path);
     let mut envoy = Envoy::start_accepted(options).await;
     let response = envoy.get("/function/env/a?x=1").await;
     assert_eq!(response.status, 200);

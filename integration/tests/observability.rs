@@ -1,6 +1,7 @@
 //! Trace context, stats and the dashboard through a real Envoy.
 
 use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
+use faas_mesh_integration::filter_build::FilterBuild;
 use faas_mesh_integration::http::{self, Request, Response};
 use faas_mesh_integration::stand_in::StandInFunction;
 use serde_json::Value;
@@ -213,14 +214,14 @@ async fn prometheus_shows_labelled_counters_after_a_request_mix() {
     assert!(value(r#"faas_mesh_filter_config_loaded{}"#) >= 1.0);
 
     // One warning per denial, naming the function and the call id; nothing above debug for
-    // the requests that passed.
+    // the requests that passed. The filter's lines appear under its build's log component
+    // (`wasm`, or `dynamic_modules` for the native build).
+    let component = FilterBuild::current().log_component();
+    let warning = format!("[warning][{component}]");
     let log = envoy
-        .log_when(|log| log.matches("[warning][wasm]").count() >= 2)
+        .log_when(|log| log.matches(&warning).count() >= 2)
         .await;
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("[warning][wasm]"))
-        .collect();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(&warning)).collect();
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     for id in &denied {
         assert!(
@@ -232,7 +233,7 @@ async fn prometheus_shows_labelled_counters_after_a_request_mix() {
     }
     let per_request_info = log
         .lines()
-        .filter(|l| l.contains("[info][wasm]") && l.contains("call "))
+        .filter(|l| l.contains(&format!("[info][{component}]")) && l.contains("call "))
         .count();
     assert_eq!(per_request_info, 0);
 }

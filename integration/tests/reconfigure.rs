@@ -2,16 +2,26 @@
 //! refused with the key named while the old keeps serving, and a new module version takes over,
 //! with no request of the stream failing at any push.
 
-use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
+use faas_mesh_integration::filter_build::FilterBuild;
 use faas_mesh_integration::http::{self, Request};
 use faas_mesh_integration::stand_in::StandInFunction;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The module with a custom section appended: the same code, a different file and hash, as a
-/// new release would be.
-fn next_version(wasm: &[u8]) -> Vec<u8> {
+/// The module of the build under test, as a new release would be: the same code, a different
+/// file and hash.
+fn next_version(module: &[u8]) -> Vec<u8> {
+    match FilterBuild::current() {
+        FilterBuild::Wasm => next_wasm_version(module),
+        // Bytes after the end of an ELF file: the loader maps only what its headers name.
+        FilterBuild::Native => [module, b"faas-mesh-filter.test-version 2".as_slice()].concat(),
+    }
+}
+
+/// A Wasm module with a custom section appended.
+fn next_wasm_version(wasm: &[u8]) -> Vec<u8> {
     let name = b"faas-mesh-filter.test-version";
     let payload = b"2";
     let mut section = vec![name.len() as u8];
@@ -46,6 +56,25 @@ async fn settled_delete_status(envoy: &Envoy, want: u16) -> u16 {
     }
 }
 
+/// Waits (bounded) until the stream has had `more` answers since `since`: each push is followed
+/// by traffic whatever the time the push took (a native module loads in milliseconds, a Wasm
+/// module is compiled by V8 on every worker).
+async fn stream_goes_on(answered: &AtomicUsize, since: usize, more: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = answered.load(Ordering::SeqCst);
+        if now >= since + more {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream stalled: {} answers in 60 s",
+            now - since
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pushes_under_load_lose_no_request() {
     let function = StandInFunction::start().await.expect("function");
@@ -56,9 +85,10 @@ async fn pushes_under_load_lose_no_request() {
 
     // The stream: four clients, one request at a time each, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..4 {
-        let (stop, addr) = (stop.clone(), envoy.addr());
+        let (stop, answered, addr) = (stop.clone(), answered.clone(), envoy.addr());
         clients.spawn(async move {
             let mut statuses = Vec::new();
             let mut i = 0;
@@ -73,12 +103,14 @@ async fn pushes_under_load_lose_no_request() {
                     Err(_) => 0, // a reset or no answer counts as a failure
                 };
                 statuses.push(status);
+                answered.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
             statuses
         });
     }
     assert_eq!(delete_status(&envoy).await, 200, "no policy yet");
+    let mut seen = stream_goes_on(&answered, 0, 25).await;
 
     // (a) A new valid policy applies.
     let policy = r#"{"policy": {"default": {"methods": ["GET", "POST"]}}}"#;
@@ -87,6 +119,7 @@ async fn pushes_under_load_lose_no_request() {
         ConfigOutcome::Accepted
     );
     assert_eq!(settled_delete_status(&envoy, 405).await, 405);
+    seen = stream_goes_on(&answered, seen, 25).await;
 
     // (b) An invalid one is refused, named, and the valid one keeps serving.
     let invalid = r#"{"policy": {"default": {"methods": "GET"}}}"#;
@@ -99,17 +132,27 @@ async fn pushes_under_load_lose_no_request() {
     let log = envoy.log_when(|log| log.contains(message)).await;
     assert!(log.contains(message), "{log}");
     assert_eq!(delete_status(&envoy).await, 405);
+    seen = stream_goes_on(&answered, seen, 25).await;
 
     // (c) A new module version takes over.
     let dir = tempfile::tempdir().expect("tempdir");
-    let next = dir.path().join("faas_mesh_filter-next.wasm");
-    let current = std::fs::read(filter_wasm().expect("module")).expect("module");
+    let build = FilterBuild::current();
+    let current = build.module().expect("module");
+    let next = dir.path().join(format!(
+        "next-{}",
+        current
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a module file name")
+    ));
+    let current = std::fs::read(current).expect("module");
     std::fs::write(&next, next_version(&current)).expect("write");
     assert_eq!(
         envoy.push(policy, &next).await.expect("push"),
         ConfigOutcome::Accepted
     );
     assert_eq!(settled_delete_status(&envoy, 405).await, 405);
+    stream_goes_on(&answered, seen, 25).await;
 
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
@@ -183,7 +226,8 @@ async fn misleading_configurations_are_refused_and_the_serving_rule_stays() {
 
 /// A policy for a whole cluster (about 1 MiB, tens of thousands of functions) loads, the
 /// sidecar keeps only its own function's rules, and Envoy's memory grows by a bounded amount
-/// (wasm memory is never given back); one byte more than the limit is refused, naming it.
+/// (wasm memory is never given back; the bound holds for the native build too); one byte more
+/// than the limit is refused, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_sized_policy_costs_the_sidecar_only_its_own_function() {
     let function = StandInFunction::start().await.expect("function");

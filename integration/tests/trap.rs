@@ -79,7 +79,7 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
     let function = StandInFunction::start().await.expect("function");
     let mut options = EnvoyOptions::for_function(function.port()).config(CONFIG);
     options.concurrency = concurrency;
-    options.wasm = Some(trap_wasm().expect("the test-trap module"));
+    options.module = Some(trap_wasm().expect("the test-trap module"));
     let envoy = Envoy::start_accepted(options).await;
     admits_exactly_the_limit(&envoy, &function, "before").await;
 
@@ -178,7 +178,7 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
     let mut options = EnvoyOptions::for_function(port)
         .config(r#"{"readiness": {"max_wait_ms": 2000, "max_pending": 2}}"#);
     options.concurrency = concurrency;
-    options.wasm = Some(trap_wasm().expect("the test-trap module"));
+    options.module = Some(trap_wasm().expect("the test-trap module"));
     let envoy = Envoy::start_accepted(options).await;
     let addr = envoy.addr();
     let mut held = JoinSet::new();

@@ -286,7 +286,14 @@ pub unsafe fn response_headers(ptr: *const c_void, filter: FilterPtr, end_of_str
 /// `ptr` is a live stream of this thread.
 pub unsafe fn stream_complete(ptr: *const c_void, filter: FilterPtr) {
     // SAFETY: the caller's contract.
-    unsafe { run(ptr, filter, |s| s.call.on_done()) }
+    let Some(stream) = (unsafe { stream(ptr) }) else {
+        return;
+    };
+    stream.enter(filter);
+    stream.call.on_done();
+    // No carrying from here: the stream is about to go.
+    let worker = stream.worker.clone();
+    worker.host.flush();
 }
 
 /// # Safety

@@ -302,45 +302,40 @@ impl NativeHost {
         (found && !value.ptr.is_null()).then(|| unsafe { value.bytes() })
     }
 
-    /// Calls `each` with every (name, value) of a header map of the current stream, borrowed
-    /// from Envoy; false when the map is not there.
-    pub fn for_each_header<'a>(
-        &self,
-        header_type: u32,
-        mut each: impl FnMut(&'a [u8], &'a [u8]),
-    ) -> bool {
+    /// Every (name, value) of a header map of the current stream, borrowed from Envoy until
+    /// the current event hook ends or the map is written to; empty when the map is not there.
+    pub fn pairs<'a>(&self, header_type: u32) -> Vec<(&'a [u8], &'a [u8])> {
         let Ok(filter) = self.filter() else {
-            return false;
+            return Vec::new();
         };
         // SAFETY: `filter` is the live current stream.
         let size = unsafe {
             abi::envoy_dynamic_module_callback_http_get_headers_size(filter, header_type)
         };
-        let mut headers = [abi::EnvoyHeader::null(); 48];
-        let mut heap = Vec::new();
-        let slots: &mut [abi::EnvoyHeader] = if size <= headers.len() {
-            headers.get_mut(..size).unwrap_or_default()
-        } else {
-            heap.resize(size, abi::EnvoyHeader::null());
-            &mut heap
-        };
-        // SAFETY: `slots` has room for `size` headers, as Envoy requires.
+        if size == 0 {
+            return Vec::new();
+        }
+        let mut headers: Vec<abi::EnvoyHeader> = Vec::with_capacity(size);
+        // SAFETY: room for `size` headers, as Envoy requires; it fills every one when it says
+        // so, and only then are they counted in.
         let ok = unsafe {
             abi::envoy_dynamic_module_callback_http_get_headers(
                 filter,
                 header_type,
-                slots.as_mut_ptr(),
+                headers.as_mut_ptr(),
             )
         };
         if !ok {
-            return false;
+            return Vec::new();
         }
-        for header in slots.iter() {
-            // SAFETY: Envoy filled the pairs; they live until the current event hook ends.
-            let (name, value) = unsafe { header.pair() };
-            each(name, value);
-        }
-        true
+        // SAFETY: Envoy wrote `size` headers.
+        unsafe { headers.set_len(size) };
+        // The pairs are laid out as two buffers each, the same as (&[u8], &[u8]); converted in
+        // place, one allocation for the request.
+        (headers.into_iter())
+            // SAFETY: Envoy's pairs live until the hook ends or the map is written to.
+            .map(|h| unsafe { h.pair() })
+            .collect()
     }
 
     /// The total request body Envoy holds for the current stream: buffered so far plus the
@@ -481,11 +476,16 @@ impl Host for NativeHost {
 
     fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError> {
         let header_type = header_type(map).ok_or(REFUSED)?;
-        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
-        if !self.for_each_header(header_type, |k, v| pairs.push((k, v))) {
-            return Err(REFUSED);
+        Ok(serialize(&self.pairs(header_type)))
+    }
+
+    const DIRECT_HEADERS: bool = true;
+
+    fn header_pairs(&self, map: MapType) -> Vec<(&[u8], &[u8])> {
+        match header_type(map) {
+            Some(header_type) => self.pairs(header_type),
+            None => Vec::new(),
         }
-        Ok(serialize(&pairs))
     }
 
     fn set_header(&self, map: MapType, name: &str, value: &[u8]) -> Result<(), HostError> {

@@ -74,17 +74,18 @@ impl Ticks {
         Some(inner.carriers.swap_remove(at).1 as SchedulerPtr)
     }
 
-    /// From the ticker thread: posts a tick to a carrier if one is due.
-    fn post_if_due(&self, now: Instant) {
+    /// From the ticker thread: posts a tick to a carrier if one is due. False: this worker has
+    /// no carrier (nothing to tick for now).
+    fn post_if_due(&self, now: Instant) -> bool {
         let mut inner = lock(&self.0);
-        if inner.period_ms == 0 {
-            return;
-        }
         let Some(&(_, scheduler)) = inner.carriers.first() else {
-            return;
+            return false;
         };
+        if inner.period_ms == 0 {
+            return true;
+        }
         if inner.due.is_some_and(|due| now < due) {
-            return;
+            return true;
         }
         // Not again before the worker ran this one (it sets the next due time) or a period.
         inner.due = Some(now + Duration::from_millis(u64::from(inner.period_ms)));
@@ -96,6 +97,7 @@ impl Ticks {
                 TICK,
             )
         };
+        true
     }
 }
 
@@ -107,26 +109,43 @@ fn registry() -> MutexGuard<'static, Vec<Weak<Ticks>>> {
 /// The ticker's resolution: the gate's fastest tick (10 ms while it holds requests).
 const RESOLUTION: Duration = Duration::from_millis(5);
 
-/// Starts the ticker thread once per process.
+/// Starts the ticker thread once per process, and wakes it: it sleeps (parked, costing
+/// nothing) while no worker has a carrier.
 fn start() {
-    static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
+    static THREAD: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
+    let thread = THREAD.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("faas-mesh-tick".into())
-            .spawn(|| loop {
-                std::thread::sleep(RESOLUTION);
-                let now = Instant::now();
-                let live: Vec<Arc<Ticks>> = {
-                    let mut all = registry();
-                    all.retain(|w| w.strong_count() > 0);
-                    all.iter().filter_map(Weak::upgrade).collect()
-                };
-                for ticks in live {
-                    ticks.post_if_due(now);
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("no ticker thread ({e}); workers tick only at their requests");
+            .spawn(run);
+        match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(e) => {
+                log::error!("no ticker thread ({e}); workers tick only at their requests");
+                None
+            }
         }
     });
+    if let Some(thread) = thread {
+        thread.unpark();
+    }
+}
+
+fn run() {
+    loop {
+        std::thread::sleep(RESOLUTION);
+        let now = Instant::now();
+        let live: Vec<Arc<Ticks>> = {
+            let mut all = registry();
+            all.retain(|w| w.strong_count() > 0);
+            all.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut carrying = false;
+        for ticks in live {
+            carrying |= ticks.post_if_due(now);
+        }
+        if !carrying {
+            // Until a stream becomes a carrier (`add_carrier` unparks).
+            std::thread::park();
+        }
+    }
 }

@@ -98,8 +98,14 @@ impl<H: Host + Clone> Call<H> {
         self.stats.requests.add(&self.host, 1);
         // What the request carries, in one read of its header map and one pass over it.
         self.start_nanos = self.host.now_nanos().unwrap_or(0);
-        let headers = (self.host.header_map(MapType::HttpRequestHeaders)).unwrap_or_default();
-        let incoming = Incoming::scan(&headers, &plan);
+        let (headers, pairs);
+        let incoming = if H::DIRECT_HEADERS {
+            pairs = self.host.header_pairs(MapType::HttpRequestHeaders);
+            Incoming::scan_pairs(pairs.iter().copied(), &plan)
+        } else {
+            headers = (self.host.header_map(MapType::HttpRequestHeaders)).unwrap_or_default();
+            Incoming::scan(&headers, &plan)
+        };
         // One read of the entropy source for everything random: a new call id, a trace and span.
         let mut random = [0u8; 40];
         let Some(entropy) = self.entropy(&mut random, incoming.entropy_needed(&plan)) else {
@@ -123,7 +129,8 @@ impl<H: Host + Clone> Call<H> {
         if let Some(reply) = reply {
             return self.answer(reply);
         }
-        self.write_request(&plan, decision.write_call_id, &decision.writes);
+        let absent = (incoming.call_ids == 0, incoming.start_times == 0);
+        self.write_request(&plan, decision.write_call_id, &decision.writes, absent);
         // The checks that need the pod's shared counters: rate and in-flight.
         let content_length = incoming.content_length;
         if let Some(action) = self.admit(allowed, content_length, end_of_stream) {
@@ -193,6 +200,9 @@ impl<H: Host + Clone> Call<H> {
         };
         let names = &plan.headers;
         let map = MapType::HttpResponseHeaders;
+        if H::DIRECT_HEADERS {
+            return self.response_direct(&names.duration, &names.call_id);
+        }
         // With the readiness gate, one read of the response headers answers both questions: did
         // the function set its duration, and is this a 5xx the gate must look into? Without it,
         // only the first; asking for one header that is absent costs far less.
@@ -314,14 +324,31 @@ impl<H: Host + Clone> Call<H> {
     }
 
     /// Writes the headers the decision names on the request (the call id when it is new).
+    /// `absent`: the request carried no call id, no start time (a host with
+    /// [`Host::DIRECT_HEADERS`] appends those instead of replacing them).
     #[inline(always)]
-    fn write_request(&self, plan: &Plan, write_call_id: bool, writes: &[(&str, Option<Vec<u8>>)]) {
+    fn write_request(
+        &self,
+        plan: &Plan,
+        write_call_id: bool,
+        writes: &[(&str, Option<Vec<u8>>)],
+        absent: (bool, bool),
+    ) {
         let map = MapType::HttpRequestHeaders;
+        let names = &plan.headers;
         if write_call_id {
-            let _ = (self.host).set_header(map, &plan.headers.call_id, self.call_id.as_bytes());
+            let value = self.call_id.as_bytes();
+            let _ = if H::DIRECT_HEADERS && absent.0 {
+                self.host.add_header(map, &names.call_id, value)
+            } else {
+                self.host.set_header(map, &names.call_id, value)
+            };
         }
         for (name, value) in writes {
             let _ = match value {
+                Some(value) if H::DIRECT_HEADERS && absent.1 && *name == names.start_time => {
+                    self.host.add_header(map, name, value)
+                }
                 Some(value) => self.host.set_header(map, name, value),
                 None => self.host.remove_header(map, name),
             };
@@ -364,6 +391,41 @@ impl<H: Host + Clone> Call<H> {
             self.counting_body = false;
         }
         None
+    }
+
+    /// The response on a host with [`Host::DIRECT_HEADERS`]: one read of its pairs answers
+    /// whether the function set its duration or a call id, and the gate's question (is this a
+    /// 5xx to look into); the call id and duration are appended when absent.
+    #[inline(never)]
+    fn response_direct(&self, duration: &str, call_id: &str) -> Action {
+        let map = MapType::HttpResponseHeaders;
+        let (mut has_duration, mut has_call_id) = (false, false);
+        // The pairs stay valid until the first write below.
+        let mut status: &[u8] = b"";
+        for (name, value) in self.host.header_pairs(map) {
+            if name == b":status" {
+                status = value;
+            } else if name == duration.as_bytes() {
+                has_duration = true;
+            } else if name == call_id.as_bytes() {
+                has_call_id = true;
+            }
+        }
+        if let Some(gate) = &self.gate {
+            gate.after_response(status, || self.response_flags());
+        }
+        let value = self.call_id.as_bytes();
+        let _ = if has_call_id {
+            self.host.set_header(map, call_id, value)
+        } else {
+            self.host.add_header(map, call_id, value)
+        };
+        if !has_duration {
+            let now = self.host.now_nanos().unwrap_or(self.start_nanos);
+            let seconds = timing::duration_seconds(now.saturating_sub(self.start_nanos));
+            let _ = self.host.add_header(map, duration, seconds.as_bytes());
+        }
+        Action::Continue
     }
 
     /// Reads the response's headers once: whether the function set its duration, and the gate's

@@ -23,6 +23,8 @@ pub mod call;
 mod call_tests;
 #[cfg(test)]
 mod call_tests_body;
+#[cfg(test)]
+mod call_tests_ticks;
 /// The readiness gate on one worker (the host side of [`crate::gate`]).
 pub mod gate;
 /// The policy on one worker (the host side of [`crate::policy`]).
@@ -136,6 +138,18 @@ pub trait Host {
         path: &str,
         timeout_ms: u64,
     ) -> Result<u32, HostError>;
+
+    /// Whether [`Host::header_pairs`] hands a header map over as pairs without serializing it
+    /// (the native build). The adapters then read those pairs directly, and append a header they
+    /// know is absent instead of replacing it (a replace looks the header up first). A constant,
+    /// so a host without it (the wasm build) compiles to the same code as before it existed.
+    const DIRECT_HEADERS: bool = false;
+
+    /// A header map's (name, value) pairs, borrowed from the host until the next write to that
+    /// map. Called only when [`Host::DIRECT_HEADERS`].
+    fn header_pairs(&self, _map: MapType) -> Vec<(&[u8], &[u8])> {
+        Vec::new()
+    }
 
     /// Milliseconds since the Unix epoch (0 if the host has no clock): the one clock the adapters
     /// use.

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! bench-bootstrap --upstream-port <port> --ecds <file> [--filter shipped|none|lua=<file>]
-//!                 [--wasm <module>] [--config-file <file>] [--route-file <file>]
+//!                 [--wasm|--module <module>] [--config-file <file>] [--route-file <file>]
 //!                 [--tls <cert>,<key>,<ca>] [--manifest <envoyfilter.yaml>]
 //! ```
 //!
@@ -16,6 +16,13 @@
 //! - `none`: the filter taken out, the router alone (plain Envoy; with `--route-file`, the route
 //!   rules an operator would write instead);
 //! - `lua=<file>`: Envoy's Lua filter with that code in the filter's place.
+//!
+//! The build is the harness's (`FAAS_MESH_BUILD=wasm|native`, see
+//! `faas_mesh_integration::filter_build`): with `native`, `shipped` is the native module
+//! (`$NATIVE_MODULE`, or `--module <.so>`) in the filter's place, and the pod's labels and
+//! annotations are written to `pod-info/` beside the ECDS file: Envoy must then be started with
+//! `FAAS_MESH_POD_INFO_DIR=<that folder>/pod-info` (and without `POD_NAMESPACE`). The wasm build
+//! needs no environment.
 //!
 //! `--route-file` holds one route (JSON) put before the default route, its `route` action merged
 //! over the default one (same cluster, same timeout). Listener and admin ports are 0 (Envoy
@@ -64,7 +71,7 @@ fn run() -> Result<String, String> {
     if let Some(path) = &args.config_file {
         options.plugin_config = read(path)?;
     }
-    options.wasm = args.wasm.as_ref().map(absolute).transpose()?;
+    options.module = args.wasm.as_ref().map(absolute).transpose()?;
     options.tls = args.tls;
     // The ECDS document goes where the bootstrap names it: `extension-config.json` beside it.
     let ecds = absolute(&args.ecds)?;
@@ -143,7 +150,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     },
                 }
             }
-            "--wasm" => args.wasm = Some(value.into()),
+            "--wasm" | "--module" => args.wasm = Some(value.into()),
             "--config-file" => args.config_file = Some(value.into()),
             "--route-file" => args.route_file = Some(value.into()),
             "--manifest" => args.manifest = value.into(),
