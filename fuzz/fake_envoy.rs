@@ -363,7 +363,9 @@ pub fn callout_done(index: usize, pick: usize, result: u32, headers: &Headers) -
     let Some(id) = id else {
         return false;
     };
-    let pairs: Vec<EnvoyHeader> = headers
+    // A failed callout (reset, no cluster, ...) comes with no headers, as Envoy's does.
+    let answered: &[(Vec<u8>, Vec<u8>)] = if result == 0 { headers } else { &[] };
+    let pairs: Vec<EnvoyHeader> = answered
         .iter()
         .map(|(k, v)| EnvoyHeader {
             key_ptr: k.as_ptr(),
