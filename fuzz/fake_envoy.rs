@@ -67,8 +67,10 @@ pub struct Stream {
     pub reply: Option<Reply>,
     pub callouts: Vec<u64>,
     pub next_callout: u64,
-    /// Inside one of this stream's hooks.
+    /// Inside one of this stream's request-path hooks (headers, body, trailers).
     pub in_hook: bool,
+    /// Resumed during the current request-path hook.
+    pub resumed_in_hook: bool,
 }
 
 #[derive(Default)]
@@ -242,20 +244,23 @@ fn module_of(index: usize) -> *const c_void {
     stream(index, |s| s.module).unwrap_or(0) as *const c_void
 }
 
-/// Runs one of the stream's hooks with the in-hook mark.
+/// Runs one of the stream's hooks.
 fn hook(index: usize, call: impl FnOnce(FilterPtr, *const c_void) -> u32) -> u32 {
-    with_stream(index, |s| s.in_hook = true);
-    let status = call(stream_ptr(index), module_of(index));
-    with_stream(index, |s| s.in_hook = false);
-    status
+    call(stream_ptr(index), module_of(index))
 }
 
 /// A request-path hook: Continue (0) lets the request on; a stop holds it unless the module
 /// resumed it during the hook itself.
 fn request_hook(index: usize, call: impl FnOnce(FilterPtr, *const c_void) -> u32) -> u32 {
-    let before = stream(index, |s| s.resumes).unwrap_or(0);
+    let before = with_stream(index, |s| {
+        s.in_hook = true;
+        s.resumes
+    })
+    .unwrap_or(0);
     let status = hook(index, call);
     with_stream(index, |s| {
+        s.in_hook = false;
+        s.resumed_in_hook = false;
         if s.reply.is_some() {
             s.stopped = false;
         } else if status == 0 {
@@ -735,11 +740,19 @@ pub extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(fi
                 "continue_decoding on stream {s} after its local reply"
             ));
         }
-        if !st.in_hook && !st.stopped {
+        // Within its own request-path hook (before it returned its status) a stream may be
+        // resumed once; otherwise only a stopped request may be.
+        let ok = if st.in_hook {
+            !st.resumed_in_hook
+        } else {
+            st.stopped
+        };
+        if !ok {
             violation(format!(
                 "continue_decoding on stream {s}, which is not stopped"
             ));
         }
+        st.resumed_in_hook = st.in_hook;
         st.resumes += 1;
         st.stopped = false;
         st.continued = true;
