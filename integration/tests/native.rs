@@ -127,7 +127,10 @@ async fn the_module_loads_with_its_abi_version_and_rewrites() {
         echo["headers"]["x-call-id"][0], call_id,
         "the function got the same call id"
     );
-    let log = envoy.log();
+    // The module was loaded before the listener opened; Envoy flushes its log every 20 ms.
+    let log = envoy
+        .log_when(|l| l.contains("Dynamic module ABI version"))
+        .await;
     assert!(
         log.contains(&format!("Dynamic module ABI version {ABI_VERSION} matched")),
         "Envoy did not confirm ABI {ABI_VERSION}:\n{log}"

@@ -295,6 +295,8 @@ callbacks! {
 
     /// `void ..._http_filter_continue_decoding(filter)`.
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterPtr);
+    /// `void ..._http_filter_continue_encoding(filter)`.
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterPtr);
 
     /// `http_callout_init_result ..._http_filter_http_callout(filter, uint64_t* callout_id_out,
     /// module_buffer cluster, module_http_header* headers, size_t headers_size,

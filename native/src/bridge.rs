@@ -48,6 +48,8 @@ pub struct Stream {
     filter: FilterPtr,
     /// This stream's scheduler while it carries the worker's tick.
     scheduler: Option<SchedulerPtr>,
+    /// The response waits for the probe that checks its 5xx (sent on this stream).
+    response_waits: bool,
 }
 
 thread_local! {
@@ -123,6 +125,7 @@ pub fn filter_new(config: &FilterConfig, filter: FilterPtr) -> Option<Box<Stream
         context_id,
         filter,
         scheduler: None,
+        response_waits: false,
     }))
 }
 
@@ -187,7 +190,15 @@ impl Drop for Stream {
             };
             self.worker.host.untrack(self.context_id);
         }
-        self.worker.host.forget_callouts(self.filter);
+        // A probe that went out on this stream goes with it: the gate gives its lease back.
+        let lost = self.worker.host.take_callouts(self.filter);
+        if !lost.is_empty() {
+            if let Ok(mut root) = self.worker.root.try_borrow_mut() {
+                for token in lost {
+                    root.on_http_call_lost(token);
+                }
+            }
+        }
     }
 }
 
@@ -271,15 +282,42 @@ pub unsafe fn request_trailers(ptr: *const c_void, filter: FilterPtr) -> u32 {
     }
 }
 
+/// A 5xx the gate wants checked is checked at once, on this stream: the tick runs now, and if
+/// it sent the probe from here, the response waits for the answer (at most the probe's
+/// timeout) so the probe is not dropped with the stream. The wasm build sends it from the root
+/// context's next tick instead, which needs no stream.
+///
 /// # Safety
 /// `ptr` is a live stream of this thread.
 pub unsafe fn response_headers(ptr: *const c_void, filter: FilterPtr, end_of_stream: bool) -> u32 {
     // SAFETY: the caller's contract.
-    unsafe {
+    let status = unsafe {
         run(ptr, filter, |s| {
             headers_status(s.call.on_response_headers(end_of_stream))
         })
+    };
+    // SAFETY: as above.
+    let Some(stream) = (unsafe { self::stream(ptr) }) else {
+        return status;
+    };
+    if status != 0 || !stream.call.needs_ticks() {
+        return status;
     }
+    let worker = stream.worker.clone();
+    let is_5xx = (worker.host.header_bytes(abi::RESPONSE_HEADER, b":status"))
+        .is_some_and(|s| s.first() == Some(&b'5'));
+    if !is_5xx {
+        return status;
+    }
+    worker.tick(filter);
+    if worker.host.has_callout(filter) {
+        // SAFETY: as above.
+        if let Some(stream) = unsafe { self::stream(ptr) } {
+            stream.response_waits = true;
+        }
+        return 1; // StopIteration until the probe answers
+    }
+    status
 }
 
 /// # Safety
@@ -323,6 +361,8 @@ pub unsafe fn callout_done(
     };
     let host = &worker.host;
     let Some(token) = host.callout_token(filter, id) else {
+        // SAFETY: as above.
+        unsafe { resume_response(ptr, filter) };
         return;
     };
     let answer = (headers.iter())
@@ -342,6 +382,22 @@ pub unsafe fn callout_done(
     // SAFETY: as above.
     if let Some(stream) = unsafe { stream(ptr) } {
         stream.settle();
+    }
+    // SAFETY: as above.
+    unsafe { resume_response(ptr, filter) };
+}
+
+/// A response that waited for its probe goes on.
+///
+/// # Safety
+/// `ptr` is a live stream of this thread.
+unsafe fn resume_response(ptr: *const c_void, filter: FilterPtr) {
+    // SAFETY: the caller's contract.
+    if let Some(stream) = unsafe { stream(ptr) } {
+        if std::mem::take(&mut stream.response_waits) {
+            // SAFETY: the live stream, its response paused in its headers.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_encoding(filter) };
+        }
     }
 }
 

@@ -250,12 +250,25 @@ impl NativeHost {
         Some(callouts.swap_remove(at).2)
     }
 
-    /// Forgets the callouts of a stream that is going away (Envoy cancels them).
-    pub fn forget_callouts(&self, filter: FilterPtr) {
+    /// The core's tokens of the callouts of a stream that is going away (Envoy drops them with
+    /// it), forgotten now.
+    pub fn take_callouts(&self, filter: FilterPtr) -> Vec<u32> {
+        let mut callouts = self.0.callouts.borrow_mut();
+        let tokens = (callouts.iter())
+            .filter(|(f, _, _)| *f == filter)
+            .map(|(_, _, token)| *token)
+            .collect();
+        callouts.retain(|(f, _, _)| *f != filter);
+        tokens
+    }
+
+    /// Whether a callout went out on this stream and is unanswered.
+    pub fn has_callout(&self, filter: FilterPtr) -> bool {
         self.0
             .callouts
-            .borrow_mut()
-            .retain(|(f, _, _)| *f != filter);
+            .borrow()
+            .iter()
+            .any(|(f, _, _)| *f == filter)
     }
 
     fn filter(&self) -> Result<FilterPtr, HostError> {
@@ -722,8 +735,9 @@ impl Host for NativeHost {
         let mut headers = [
             ModuleHeader::of(b":method", b"GET"),
             ModuleHeader::of(b":path", path.as_bytes()),
+            // Envoy makes `host` the request's authority (also naming `:authority` would send
+            // the value twice).
             ModuleHeader::of(b"host", authority.as_bytes()),
-            ModuleHeader::of(b":authority", authority.as_bytes()),
         ];
         let mut id = 0u64;
         // SAFETY: live stream; every buffer outlives the call; `id` too.

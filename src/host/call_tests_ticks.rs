@@ -68,3 +68,36 @@ fn a_held_call_needs_ticks_until_the_gate_lets_it_go() {
     assert_eq!(vm.resumed(), [1]);
     assert!(!call.needs_ticks(), "released, and the gate is open");
 }
+
+#[test]
+fn a_probe_the_host_dropped_is_sent_again_by_the_next_tick_and_counts_nothing() {
+    let pod = pod();
+    let (vm, mut root) = worker(&pod, r#"{"function":{"name":"env"}}"#);
+    let (_held, action) = arrive(&vm, &root, 1, &REQUEST);
+    assert_eq!(action, Action::Pause);
+    root.on_tick();
+    let sent = vm.dispatched();
+    assert_eq!(sent.len(), 1, "the tick probed");
+    let failed = super::call_tests::stat(&pod, "readiness.probes_failed");
+    // The stream it went out on ended: the host drops it, unanswered.
+    root.on_http_call_lost(sent[0].0);
+    assert_eq!(
+        super::call_tests::stat(&pod, "readiness.probes_failed"),
+        failed
+    );
+    // A token it does not know changes nothing.
+    root.on_http_call_lost(9999);
+    // The lease is free: the next tick probes again at once, not after the probe's timeout.
+    root.on_tick();
+    assert_eq!(vm.dispatched().len(), 2, "sent again by the next tick");
+    assert_eq!(
+        super::call_tests::stat(&pod, "readiness.probes_failed"),
+        failed
+    );
+    // The new probe's answer opens the gate as any.
+    vm.answer_with(&[(":status", "200")]);
+    for (token, _) in vm.dispatched() {
+        root.on_http_call_response(token);
+    }
+    assert_eq!(vm.resumed(), [1]);
+}

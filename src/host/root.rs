@@ -111,6 +111,14 @@ impl<H: Host + Clone> Root<H> {
         }
     }
 
+    /// A call made with `Host::dispatch_get` that the host dropped unanswered (the native build:
+    /// the stream it went out on ended first).
+    pub fn on_http_call_lost(&mut self, token: u32) {
+        if let Some(gate) = &self.gate {
+            gate.on_probe_lost(token);
+        }
+    }
+
     /// The filter's side of a new request.
     #[inline]
     pub fn new_call(&self, context_id: u32) -> Call<H> {

@@ -45,6 +45,27 @@ impl<H: Host> Gate<H> {
         }
     }
 
+    /// The host dropped a probe this worker sent, unanswered and not failed (the native build:
+    /// a probe goes out on a stream, and goes with it when the stream ends first). The lease is
+    /// given back, so the next tick (of any worker) probes again; nothing is counted, nothing
+    /// learned.
+    pub fn on_probe_lost(&self, token: u32) {
+        match self.probe.get() {
+            Some(probe) if probe.token == token => {
+                self.probe.set(None);
+                if probe.verify {
+                    self.verify.set(true);
+                }
+            }
+            _ => return,
+        }
+        let now = self.host.now_ms();
+        let _ = self
+            .host
+            .set_shared_data(LEASE_KEY, now.to_string().as_bytes(), 0);
+        self.retick();
+    }
+
     /// The answer to a probe arrived (root context `on_http_call_response`).
     pub fn on_probe_answer(&self, token: u32) {
         let probe = match self.probe.get() {
