@@ -71,6 +71,9 @@ pub struct Stream {
     pub in_hook: bool,
     /// Resumed during the current request-path hook.
     pub resumed_in_hook: bool,
+    /// The module stopped the response in its headers and has not resumed it.
+    pub response_stopped: bool,
+    pub response_resumes: u32,
 }
 
 #[derive(Default)]
@@ -303,9 +306,11 @@ pub fn request_trailers(index: usize, trailers: Headers) -> u32 {
 
 pub fn response_headers(index: usize, headers: Headers, end_of_stream: bool) -> u32 {
     with_stream(index, |s| s.maps[2] = Some(headers));
-    hook(index, |f, m| unsafe {
+    let status = hook(index, |f, m| unsafe {
         native::envoy_dynamic_module_on_http_filter_response_headers(f, m, end_of_stream)
-    })
+    });
+    with_stream(index, |s| s.response_stopped = status != 0);
+    status
 }
 
 /// Envoy's end of a stream: complete, then destroy; every scheduler it made must be deleted.
@@ -659,13 +664,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_callback_http_send_response(
         )
     };
     with_stream(s, |st| st.maps[2] = Some(pairs));
-    unsafe {
+    let status = unsafe {
         native::envoy_dynamic_module_on_http_filter_response_headers(
             filter,
             module,
             body.is_empty(),
         )
     };
+    with_stream(s, |st| st.response_stopped = status != 0);
 }
 
 #[no_mangle]
@@ -756,6 +762,20 @@ pub extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(fi
         st.resumes += 1;
         st.stopped = false;
         st.continued = true;
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterPtr) {
+    let s = stream_index(filter, "continue_encoding");
+    with_stream(s, |st| {
+        if !st.response_stopped {
+            violation(format!(
+                "continue_encoding on stream {s}, whose response is not stopped"
+            ));
+        }
+        st.response_stopped = false;
+        st.response_resumes += 1;
     });
 }
 
@@ -1122,7 +1142,19 @@ pub fn headers(input: &mut Input<'_>, strict: bool, with_request_line: bool) -> 
 pub fn pod_dir() -> std::path::PathBuf {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("faas-mesh-fuzz-pod-{}", std::process::id()));
+        // One folder per fuzzing process; those of processes that are gone are removed.
+        const PREFIX: &str = "faas-mesh-fuzz-pod-";
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix(PREFIX) {
+                    if !std::path::Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         std::env::set_var(native::pod::DIR_ENV, &dir);
         std::env::remove_var("POD_NAMESPACE");
