@@ -60,7 +60,7 @@ BENCH_FLAGS    ?=
 .PHONY: bench bench-smoke bench-build
 
 # Fuzzing: cargo-fuzz (pinned, installed into .tools/) with the nightly toolchain.
-FUZZ_TARGETS  := rewrite config call_id trace header_map request annotations
+FUZZ_TARGETS  := rewrite config call_id trace header_map request annotations native_config native_stream native_pod
 FUZZ_SECONDS  ?= 300
 CARGO_FUZZ_VERSION := 0.13.1
 
