@@ -25,7 +25,7 @@ export NATIVE_MODULE := $(CURDIR)/$(NATIVE_SO)
 # the wasm build against ENVOY_VERSION, then the suites that are not about Wasm with
 # FAAS_MESH_BUILD=native. A dynamic module is tied to the Envoy it was built against, so the
 # native pass always runs on NATIVE_ENVOY_VERSION, also when ENVOY_VERSION=1.36.4.
-NATIVE_ENVOY_VERSION := 1.40.0
+NATIVE_ENVOY_VERSION ?= 1.40.0
 NATIVE_VENV          := .venv/envoy-$(NATIVE_ENVOY_VERSION)
 NATIVE_ENVOY_BIN      = $(shell ls -1 $(CURDIR)/$(NATIVE_VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)
 # Every file of integration/tests is in exactly one list (`make integration-suites` checks): the
@@ -179,19 +179,19 @@ native: ## build the native twin (Envoy dynamic module .so, docs/native.md)
 # The module's ABI against the Envoy binary it is for: every callback it imports is one Envoy
 # exports, every hook Envoy looks up (by name, for the HTTP filter) is one the module exports, and
 # the module exports nothing else.
-native-symbols: setup native ## check the .so's imports and exports against the Envoy $(ENVOY_VERSION) binary
-	@test -x "$(ENVOY_BIN)" || { echo "native-symbols: no Envoy binary under $(VENV)" >&2; exit 1; }
-	@nm -D --defined-only "$(ENVOY_BIN)" | awk '{print $$3}' | grep '^envoy_dynamic_module_callback_' | sed 's/@.*//' | sort -u > target/native-envoy-callbacks.txt
+native-symbols: native $(NATIVE_VENV)/.installed ## check the .so's imports and exports against the Envoy $(NATIVE_ENVOY_VERSION) binary it is built for
+	@test -x "$(NATIVE_ENVOY_BIN)" || { echo "native-symbols: no Envoy binary under $(NATIVE_VENV)" >&2; exit 1; }
+	@nm -D --defined-only "$(NATIVE_ENVOY_BIN)" | awk '{print $$3}' | grep '^envoy_dynamic_module_callback_' | sed 's/@.*//' | sort -u > target/native-envoy-callbacks.txt
 	@nm -D --undefined-only $(NATIVE_SO) | awk '{print $$2}' | grep '^envoy_dynamic_module_callback_' | sort -u > target/native-imports.txt
-	@strings "$(ENVOY_BIN)" | grep -xE 'envoy_dynamic_module_on_(http_filter_[a-z_]+|program_init)' | sort -u > target/native-envoy-hooks.txt
+	@strings "$(NATIVE_ENVOY_BIN)" | grep -xE 'envoy_dynamic_module_on_(http_filter_[a-z_]+|program_init)' | sort -u > target/native-envoy-hooks.txt
 	@nm -D --defined-only $(NATIVE_SO) | awk '{print $$3}' | sort -u > target/native-exports.txt
 	@missing=$$(comm -23 target/native-imports.txt target/native-envoy-callbacks.txt); \
-	  if [ -n "$$missing" ]; then echo "native-symbols: callbacks the module calls that Envoy $(ENVOY_VERSION) lacks:" >&2; echo "$$missing" >&2; exit 1; fi
+	  if [ -n "$$missing" ]; then echo "native-symbols: callbacks the module calls that Envoy $(NATIVE_ENVOY_VERSION) lacks:" >&2; echo "$$missing" >&2; exit 1; fi
 	@missing=$$(comm -23 target/native-envoy-hooks.txt target/native-exports.txt); \
-	  if [ -n "$$missing" ]; then echo "native-symbols: hooks Envoy $(ENVOY_VERSION) looks up that the module lacks:" >&2; echo "$$missing" >&2; exit 1; fi
+	  if [ -n "$$missing" ]; then echo "native-symbols: hooks Envoy $(NATIVE_ENVOY_VERSION) looks up that the module lacks:" >&2; echo "$$missing" >&2; exit 1; fi
 	@extra=$$(grep -v '^envoy_dynamic_module_on_' target/native-exports.txt || true); \
 	  if [ -n "$$extra" ]; then echo "native-symbols: the module exports more than envoy_dynamic_module_on_* (list them as local in native/exports.map):" >&2; echo "$$extra" >&2; exit 1; fi
-	@echo "native-symbols: $$(wc -l < target/native-imports.txt) callbacks, all in Envoy $(ENVOY_VERSION); $$(wc -l < target/native-envoy-hooks.txt) hooks, all exported; nothing else exported"
+	@echo "native-symbols: $$(wc -l < target/native-imports.txt) callbacks, all in Envoy $(NATIVE_ENVOY_VERSION); $$(wc -l < target/native-envoy-hooks.txt) hooks, all exported; nothing else exported"
 
 # lint and unit need nothing but Rust, the wasm target and Python 3's standard library (no pip,
 # npm or apt): tests/docs.rs runs bench/bench.py's report step.
@@ -206,9 +206,9 @@ integration: integration-suites setup openfaas istio-data build native release $
 	  cargo test -p faas-mesh-integration --lib --bins $(addprefix --test ,$(BOTH_SUITES) $(WASM_ONLY_SUITES))
 	@$(MAKE) --no-print-directory integration-native
 
-integration-native: integration-suites openfaas istio-data native release $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
+integration-native: integration-suites native-symbols openfaas istio-data native release $(NATIVE_VENV)/.installed ## the integration suites of the native build, always on Envoy $(NATIVE_ENVOY_VERSION)
 	@echo "native build on Envoy $(NATIVE_ENVOY_VERSION): $(BOTH_SUITES) $(NATIVE_ONLY_SUITES) (wasm only: $(WASM_ONLY_SUITES))"
-	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" \
+	FAAS_MESH_BUILD=native ENVOY_BIN="$(NATIVE_ENVOY_BIN)" NATIVE_ENVOY_VERSION=$(NATIVE_ENVOY_VERSION) RELEASE_BUNDLE="$(CURDIR)/$(RELEASE_DIR)" \
 	  cargo test -p faas-mesh-integration $(addprefix --test ,$(BOTH_SUITES) $(NATIVE_ONLY_SUITES))
 
 # A new suite must say which builds it proves: every file of integration/tests is in exactly one
