@@ -207,11 +207,10 @@ class Envoy:
         """The variant's bootstrap, from `bench-bootstrap` (and the ECDS document it names)."""
         cmd = [str(args.bootstrap), "--upstream-port", str(upstream_port),
                "--ecds", str(self.workdir / "extension-config.json")]
-        if variant.filter == "shipped" and variant.build == "native":
-            cmd += ["--filter", "shipped", "--module", str(args.native)]
-        elif variant.filter == "shipped":
-            cmd += ["--filter", "shipped",
-                    "--module", str(args.noop if variant.wasm == "noop" else args.filter)]
+        if variant.filter == "shipped":
+            module = (args.native if variant.build == "native"
+                      else args.noop if variant.wasm == "noop" else args.filter)
+            cmd += ["--filter", "shipped", "--module", str(module)]
             if variant.config is not None:
                 path = self.workdir / "plugin-config.json"
                 path.write_text(variant.config if isinstance(variant.config, str)
@@ -375,4 +374,12 @@ def check(envoy, client, variant):
         float(headers.get("x-duration-seconds", ""))
     except ValueError:
         bad(f"response X-Duration-Seconds is {headers.get('x-duration-seconds')!r}")
+    # A configuration where the filter owns the trace shows it ran: the upstream gets the
+    # filter's W3C and B3 context (the default configuration, owner "envoy", writes none here).
+    tracing = variant.config.get("tracing", {}) if isinstance(variant.config, dict) else {}
+    if tracing.get("owner") == "filter":
+        if tracing.get("w3c") and not got.get("traceparent"):
+            bad("the plugin configuration has the filter's own W3C trace; no traceparent came")
+        if tracing.get("b3") and not (got.get("x-b3-traceid") or got.get("b3")):
+            bad("the plugin configuration has the filter's own B3 trace; no B3 context came")
 
