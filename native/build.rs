@@ -7,6 +7,12 @@
 //! `unwind` crate asks for `-lgcc_s` on linux-gnu; a linker script named `libgcc_s.so` in a
 //! directory searched first answers that with `libgcc_eh.a` (a C++ library's `-static-libgcc`).
 //! The version script keeps its symbols local.
+//!
+//! And packs its relative relocations (`-z pack-relative-relocs`, DT_RELR): 1,425 of them, 34 KB
+//! of `.rela.dyn` that the loader reads at every start, become 360 bytes of `.relr.dyn`, and the
+//! module's resident mappings shrink by 64 KiB (measured). The cost: glibc 2.36 or newer in the
+//! sidecar (the `GLIBC_ABI_DT_RELR` version need; the release's BUILD-INFO names it), where the
+//! module needed 2.35 before. Debian 12 and Ubuntu 24.04 have it; Ubuntu 22.04 (2.35) does not.
 
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_string());
@@ -14,6 +20,7 @@ fn main() {
     println!("cargo:rerun-if-changed=exports.map");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={map}");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,pack-relative-relocs");
 
     let linux_gnu = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
         && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
