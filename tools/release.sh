@@ -114,9 +114,11 @@ check_native() { # <file> <readelf machine>
 }
 check_native "$dir/native/linux-amd64/$native_lib" "Advanced Micro Devices X86-64"
 check_native "$dir/native/linux-arm64/$native_lib" "AArch64"
-# The newest glibc symbol version each one needs: the oldest sidecar libc it runs with.
+# The newest glibc symbol version each one needs: the oldest sidecar libc it runs with. Packed
+# relative relocations (DT_RELR, native/build.rs) need GLIBC_ABI_DT_RELR, which glibc 2.36 added.
 glibc_needed() {
-  readelf -V -W "$1" | grep -o 'GLIBC_[0-9.]*' | sort -u -V | tail -n 1
+  readelf -V -W "$1" | grep -o 'GLIBC_[0-9.]*\|GLIBC_ABI_DT_RELR' \
+    | sed 's/^GLIBC_ABI_DT_RELR$/GLIBC_2.36/' | sort -u -V | tail -n 1
 }
 "$CARGO_TARGET_DIR/release/faas-mesh-render" --config "$CONFIG" --wasm "$dir/faas_mesh_filter.wasm" \
   --image "$IMAGE:$VERSION" --version "$VERSION" \
