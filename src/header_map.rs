@@ -50,19 +50,22 @@ fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes))
 }
 
-/// Serializes pairs into the same format (for a local reply's headers).
-pub fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let data: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+/// Serializes pairs into the same format (a local reply's headers; a native host's header map).
+pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
+    let data: usize = pairs
+        .iter()
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2)
+        .sum();
     let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(k.as_ref());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v.as_ref());
         out.push(0);
     }
     out

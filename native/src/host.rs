@@ -382,24 +382,6 @@ fn header_type(map: MapType) -> Option<u32> {
     }
 }
 
-/// Serializes pairs into the proxy-wasm header-map format the core reads.
-fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let data: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k);
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    out
-}
-
 impl Host for NativeHost {
     fn now_nanos(&self) -> Result<u64, HostError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -489,7 +471,7 @@ impl Host for NativeHost {
 
     fn header_map(&self, map: MapType) -> Result<Vec<u8>, HostError> {
         let header_type = header_type(map).ok_or(REFUSED)?;
-        Ok(serialize(&self.pairs(header_type)))
+        Ok(header_map::serialize(&self.pairs(header_type)))
     }
 
     const DIRECT_HEADERS: bool = true;
