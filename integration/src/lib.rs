@@ -75,3 +75,34 @@ pub fn free_port() -> std::io::Result<u16> {
         "no free port below the ephemeral range",
     ))
 }
+
+/// The release bundle the delivery suites test: `$RELEASE_BUNDLE` (set by `make integration`),
+/// else the one bundle under `target/release-bundle/`; panics, naming what to run, when there is
+/// none.
+pub fn release_bundle() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RELEASE_BUNDLE").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("SHA256SUMS").is_file(),
+            "RELEASE_BUNDLE={} holds no bundle: run `make release`",
+            dir.display()
+        );
+        return dir;
+    }
+    let parent = repo_root().join("target/release-bundle");
+    let found: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("SHA256SUMS").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => one.clone(),
+        _ => panic!(
+            "expected one release bundle in {} (found {}): run `make release` or set RELEASE_BUNDLE",
+            parent.display(),
+            found.len()
+        ),
+    }
+}

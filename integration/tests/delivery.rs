@@ -9,7 +9,7 @@
 use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::http::Request;
 use faas_mesh_integration::stand_in::StandInFunction;
-use faas_mesh_integration::{free_port, repo_root};
+use faas_mesh_integration::{free_port, release_bundle, repo_root};
 use faas_mesh_tools::oci::wasm_from_layer;
 use faas_mesh_tools::render::{render_all, Module};
 use faas_mesh_tools::{base64, sha256_hex};
@@ -52,35 +52,6 @@ async fn the_manifest_rendered_from_a_policy_file_is_the_one_that_runs() {
     assert_eq!(response.header("allow"), Some("GET, POST"));
 }
 
-/// The release bundle under test.
-fn bundle() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RELEASE_BUNDLE").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("SHA256SUMS").is_file(),
-            "RELEASE_BUNDLE={} holds no bundle: run `make release`",
-            dir.display()
-        );
-        return dir;
-    }
-    let parent = repo_root().join("target/release-bundle");
-    let found: Vec<PathBuf> = std::fs::read_dir(&parent)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("SHA256SUMS").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    match found.as_slice() {
-        [one] => one.clone(),
-        _ => panic!(
-            "expected one release bundle in {} (found {}): run `make release` or set RELEASE_BUNDLE",
-            parent.display(),
-            found.len()
-        ),
-    }
-}
-
 /// `x.y.z` from `faas-mesh-filter-x.y.z`.
 fn bundle_version(bundle: &Path) -> String {
     let name = bundle.file_name().expect("name").to_string_lossy();
@@ -121,7 +92,7 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 
 #[test]
 fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
-    let bundle = bundle();
+    let bundle = release_bundle();
     let version = bundle_version(&bundle);
     // SHA256SUMS covers every file in the folder, and each one matches (`sha256sum -c`).
     let sums = std::fs::read_to_string(bundle.join("SHA256SUMS")).expect("SHA256SUMS");
@@ -221,7 +192,7 @@ fn the_bundle_is_what_its_checksums_and_its_wasmplugin_say() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundles_manifests_run_as_they_are_and_its_checker_speaks_for_the_sidecar() {
-    let bundle = bundle();
+    let bundle = release_bundle();
     let manifests = bundle.join("manifests");
     // The ConfigMap carries the bundle's module under the name the EnvoyFilter loads it by
     // (the mount in stack.yml puts it in that directory).
@@ -349,7 +320,7 @@ fn read_layout(dir: &Path) -> (String, Value) {
 fn the_bundles_image_published_by_make_publish_round_trips_through_a_real_registry() {
     let skopeo = tool("skopeo");
     let registry_bin = tool("docker-registry");
-    let bundle = bundle();
+    let bundle = release_bundle();
     let version = bundle_version(&bundle);
     let wasm = std::fs::read(bundle.join("faas_mesh_filter.wasm")).expect("module");
     let (pinned, _) = read_layout(&bundle.join("oci"));

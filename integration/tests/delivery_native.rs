@@ -15,7 +15,7 @@ use faas_mesh_integration::istio::{
     rewrite_port, yaml_documents, IstioData, Mesh, Sidecar, SidecarOptions, DUMP_PORT,
     FUNCTION_PORT,
 };
-use faas_mesh_integration::repo_root;
+use faas_mesh_integration::release_bundle;
 use faas_mesh_integration::server::{reply, serve, Reply};
 use faas_mesh_integration::stand_in::StandInFunction;
 use faas_mesh_integration::tls::Pki;
@@ -81,29 +81,6 @@ async fn sidecar_environment() -> (tokio::sync::MutexGuard<'static, ()>, tempfil
     std::env::set_var("FAAS_MESH_POD_INFO_DIR", &pod);
     std::env::set_var("POD_NAMESPACE", "openfaas-fn");
     (guard, dir)
-}
-
-/// The release bundle under test.
-fn bundle() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RELEASE_BUNDLE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let parent = repo_root().join("target/release-bundle");
-    let found: Vec<PathBuf> = std::fs::read_dir(&parent)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("SHA256SUMS").is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    match found.as_slice() {
-        [one] => one.clone(),
-        _ => panic!(
-            "expected one release bundle in {} (found {}): run `make release` or set RELEASE_BUNDLE",
-            parent.display(),
-            found.len()
-        ),
-    }
 }
 
 fn this_arch() -> Arch {
@@ -199,7 +176,7 @@ impl Drop for ModuleServer {
 /// serving that module where the bundle's module server serves it (checked against
 /// module-server-native.yaml).
 async fn bundle_route() -> (Value, Vec<u8>, ModuleServer) {
-    let bundle = bundle();
+    let bundle = release_bundle();
     let arch = this_arch();
     let so = bundled_module(&bundle, arch);
     let mut doc = manifest(&bundle, arch.envoyfilter_file()).remove(0);
