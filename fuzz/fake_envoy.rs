@@ -89,9 +89,10 @@ thread_local! {
 /// Process-wide (the ticker thread commits schedulers; anyone logs).
 #[derive(Default)]
 pub struct Global {
-    pub configs: Vec<bool>,
-    /// Configuration (index) → frozen (no more metric definitions).
-    pub frozen: Vec<bool>,
+    /// Live configurations: index → frozen (no more metric definitions). Indices are never
+    /// reused, so a destroyed configuration's pointer stays recognisably dead.
+    pub configs: HashMap<usize, bool>,
+    pub next_config: usize,
     /// Per configuration, its metric slots: (kind, name); values by name (Envoy's store: one
     /// stat per name, shared by every configuration that defines it).
     pub metrics: HashMap<usize, Vec<(u8, Vec<u8>)>>,
@@ -144,7 +145,7 @@ fn config_index(config: ConfigPtr, what: &str) -> usize {
     let index = addr.wrapping_sub(CONFIG_BASE) / 16;
     let ok = addr >= CONFIG_BASE
         && (addr - CONFIG_BASE) % 16 == 0
-        && global().configs.get(index).copied().unwrap_or(false);
+        && global().configs.contains_key(&index);
     if !ok {
         violation(format!(
             "{what} on a configuration that is not live ({addr:#x})"
@@ -167,9 +168,10 @@ pub fn take_logs() -> Vec<(u32, String)> {
 pub fn config_new(name: &[u8], raw: &[u8]) -> Option<(usize, usize)> {
     let index = {
         let mut g = global();
-        g.configs.push(true);
-        g.frozen.push(false);
-        g.configs.len() - 1
+        let index = g.next_config;
+        g.next_config += 1;
+        g.configs.insert(index, false);
+        index
     };
     let module = unsafe {
         native::envoy_dynamic_module_on_http_filter_config_new(
@@ -185,13 +187,11 @@ pub fn config_new(name: &[u8], raw: &[u8]) -> Option<(usize, usize)> {
         )
     };
     let mut g = global();
-    if let Some(f) = g.frozen.get_mut(index) {
-        *f = true;
+    if let Some(frozen) = g.configs.get_mut(&index) {
+        *frozen = true;
     }
     if module.is_null() {
-        if let Some(c) = g.configs.get_mut(index) {
-            *c = false;
-        }
+        g.configs.remove(&index);
         g.metrics.remove(&index);
         return None;
     }
@@ -201,9 +201,7 @@ pub fn config_new(name: &[u8], raw: &[u8]) -> Option<(usize, usize)> {
 pub fn config_destroy(index: usize, module: usize) {
     unsafe { native::envoy_dynamic_module_on_http_filter_config_destroy(module as *const c_void) };
     let mut g = global();
-    if let Some(c) = g.configs.get_mut(index) {
-        *c = false;
-    }
+    g.configs.remove(&index);
     g.metrics.remove(&index);
 }
 
@@ -233,6 +231,17 @@ pub fn stream_new(config_module: usize) -> Option<usize> {
         s.module = module as usize;
         Some(index)
     })
+}
+
+/// Forgets this thread's streams once none is live (their indices are then reused), so a
+/// target or test that runs many inputs in one process holds only what live streams need.
+pub fn forget_dead() {
+    ENVOY.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.streams.iter().all(|s| !s.live) {
+            e.streams.clear();
+        }
+    });
 }
 
 fn with_stream<T>(index: usize, f: impl FnOnce(&mut Stream) -> T) -> Option<T> {
@@ -882,7 +891,7 @@ fn define(
         return METRICS_INVALID_LABELS;
     }
     let mut g = global();
-    if g.frozen.get(c).copied().unwrap_or(true) {
+    if g.configs.get(&c).copied().unwrap_or(true) {
         return METRICS_FROZEN;
     }
     let slots = g.metrics.entry(c).or_default();

@@ -52,5 +52,6 @@ fuzz_target!(|data: &[u8]| {
         envoy::stream_end(stream);
     }
     envoy::config_destroy(index, module);
+    envoy::forget_dead();
     envoy::take_logs();
 });
