@@ -8,39 +8,22 @@
 //! the bridge sets it before every call into the core, as proxy-wasm's effective context.
 
 use crate::abi::{self, ConfigPtr, EnvoyBuffer, FilterPtr, ModuleBuffer, ModuleHeader};
+use crate::metrics::{self, Metric, Metrics, Update};
 use crate::pod::PodFiles;
 use crate::shared;
 use faas_mesh_filter::header_map;
 use faas_mesh_filter::host::{Host, HostError};
 use proxy_wasm::types::{MapType, MetricType};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ptr::null_mut;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// A host call that has no stream to act on, or that Envoy refused.
+/// A host call that has no stream to act on, that Envoy refused or has no callback for, or
+/// that names a metric never defined.
 const NO_STREAM: HostError = HostError(2);
-const REFUSED: HostError = HostError(3);
+pub(crate) const REFUSED: HostError = HostError(3);
 const NOT_DEFINED: HostError = HostError(4);
-
-/// The metrics of one filter configuration: defined on the main thread while it is built (the
-/// ids Envoy handed out), read-only afterwards.
-#[derive(Default, Debug)]
-pub struct Metrics {
-    by_name: HashMap<String, u32>,
-    defined: Vec<(MetricType, usize)>,
-}
-
-impl Metrics {
-    fn find(&self, name: &str) -> Option<u32> {
-        self.by_name.get(name).copied()
-    }
-
-    fn get(&self, id: u32) -> Option<(MetricType, usize)> {
-        self.defined.get(id as usize).copied()
-    }
-}
 
 /// What every worker of one filter configuration shares (immutable once built).
 pub struct Shared {
@@ -288,12 +271,20 @@ impl NativeHost {
         }
     }
 
-    fn metric(&self, id: u32) -> Option<(MetricType, usize)> {
+    fn metric(&self, id: u32) -> Option<Metric> {
         match (&self.0.source, &self.0.shared) {
             (MetricSource::Defining { metrics, .. }, _) => metrics.borrow().get(id),
             (MetricSource::Defined, Some(shared)) => shared.metrics.get(id),
             _ => None,
         }
+    }
+
+    fn update_metric(&self, id: u32, update: Update) -> Result<(), HostError> {
+        let metric = self.metric(id).ok_or(NOT_DEFINED)?;
+        let config = self.config_ptr().ok_or(NOT_DEFINED)?;
+        // SAFETY: the configuration outlives every stream and worker that uses it, and the
+        // metric is one of its own.
+        unsafe { metrics::update(config, metric, update) }
     }
 
     /// Reads one header's first value of the current stream (borrowed from Envoy).
@@ -538,134 +529,24 @@ impl Host for NativeHost {
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostError> {
         match &self.0.source {
-            MetricSource::Defined => {
-                let shared = self.0.shared.as_ref().ok_or(NOT_DEFINED)?;
-                shared.metrics.find(name).ok_or(NOT_DEFINED)
-            }
+            MetricSource::Defined => (self.0.shared.as_ref())
+                .and_then(|shared| shared.metrics.find(name))
+                .ok_or(NOT_DEFINED),
             MetricSource::Defining { envoy, metrics } => {
-                if let Some(id) = metrics.borrow().find(name) {
-                    return Ok(id);
-                }
-                let mut envoy_id = 0usize;
-                let name_buf = ModuleBuffer::of(name.as_bytes());
-                // SAFETY: called from on_http_filter_config_new with its config pointer;
-                // `envoy_id` outlives the call.
-                let status = unsafe {
-                    match kind {
-                        MetricType::Counter => {
-                            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
-                                *envoy,
-                                name_buf,
-                                null_mut(),
-                                0,
-                                &mut envoy_id,
-                            )
-                        }
-                        MetricType::Gauge => {
-                            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                                *envoy,
-                                name_buf,
-                                null_mut(),
-                                0,
-                                &mut envoy_id,
-                            )
-                        }
-                        MetricType::Histogram => {
-                            abi::envoy_dynamic_module_callback_http_filter_config_define_histogram(
-                                *envoy,
-                                name_buf,
-                                null_mut(),
-                                0,
-                                &mut envoy_id,
-                            )
-                        }
-                        _ => return Err(REFUSED),
-                    }
-                };
-                if status != abi::METRICS_SUCCESS {
-                    return Err(HostError(status));
-                }
-                let mut metrics = metrics.borrow_mut();
-                let id = u32::try_from(metrics.defined.len()).map_err(|_| REFUSED)?;
-                metrics.defined.push((kind, envoy_id));
-                metrics.by_name.insert(name.to_string(), id);
-                Ok(id)
+                let mut metrics = metrics.try_borrow_mut().map_err(|_| REFUSED)?;
+                // SAFETY: a defining host exists only while `bridge::config_new` builds the
+                // configuration `envoy`, inside Envoy's `on_http_filter_config_new`.
+                unsafe { metrics.define(*envoy, kind, name) }
             }
         }
     }
 
     fn increment_metric(&self, id: u32, by: i64) -> Result<(), HostError> {
-        let (kind, envoy_id) = self.metric(id).ok_or(NOT_DEFINED)?;
-        let config = self.config_ptr().ok_or(NOT_DEFINED)?;
-        let amount = by.unsigned_abs();
-        // SAFETY: the config outlives every stream and worker that uses it; no labels.
-        let status = unsafe {
-            match (kind, by >= 0) {
-                (MetricType::Counter, true) => {
-                    abi::envoy_dynamic_module_callback_http_filter_config_increment_counter(
-                        config,
-                        envoy_id,
-                        null_mut(),
-                        0,
-                        amount,
-                    )
-                }
-                (MetricType::Gauge, true) => {
-                    abi::envoy_dynamic_module_callback_http_filter_config_increment_gauge(
-                        config,
-                        envoy_id,
-                        null_mut(),
-                        0,
-                        amount,
-                    )
-                }
-                (MetricType::Gauge, false) => {
-                    abi::envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
-                        config,
-                        envoy_id,
-                        null_mut(),
-                        0,
-                        amount,
-                    )
-                }
-                _ => return Err(REFUSED),
-            }
-        };
-        (status == abi::METRICS_SUCCESS)
-            .then_some(())
-            .ok_or(HostError(status))
+        self.update_metric(id, Update::By(by))
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
-        let (kind, envoy_id) = self.metric(id).ok_or(NOT_DEFINED)?;
-        let config = self.config_ptr().ok_or(NOT_DEFINED)?;
-        // SAFETY: as `increment_metric`.
-        let status = unsafe {
-            match kind {
-                MetricType::Gauge => {
-                    abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                        config,
-                        envoy_id,
-                        null_mut(),
-                        0,
-                        value,
-                    )
-                }
-                MetricType::Histogram => {
-                    abi::envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
-                        config,
-                        envoy_id,
-                        null_mut(),
-                        0,
-                        value,
-                    )
-                }
-                _ => return Err(REFUSED),
-            }
-        };
-        (status == abi::METRICS_SUCCESS)
-            .then_some(())
-            .ok_or(HostError(status))
+        self.update_metric(id, Update::Set(value))
     }
 
     fn set_tick_period_ms(&self, period_ms: u32) -> Result<(), HostError> {

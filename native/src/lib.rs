@@ -3,6 +3,8 @@
 //!
 //! - [`abi`]: the Envoy callbacks used, declared by hand and checked against Envoy 1.40.0;
 //! - [`host`]: [`host::NativeHost`], the core's `Host` trait on those callbacks;
+//! - [`metrics`]: the filter's metrics on Envoy's metric callbacks (defined once per
+//!   configuration, updated from any worker);
 //! - [`bridge`]: Envoy's event hooks onto the core's `Root` (one per worker per filter
 //!   configuration) and `Call` (one per stream);
 //! - [`ticker`]: the root's tick, posted to a live stream of the worker;
@@ -27,6 +29,7 @@ pub mod abi;
 pub mod bridge;
 pub mod host;
 mod logger;
+pub mod metrics;
 pub mod pod;
 pub mod shared;
 mod stubs;
