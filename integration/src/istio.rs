@@ -608,6 +608,8 @@ pub struct Sidecar {
     version: u64,
     /// The LDS file, with `dynamic_listeners`.
     lds_path: Option<PathBuf>,
+    /// The declared and undeclared ports, held while the sidecar listens on them.
+    _ports: [crate::ports::ReservedPort; 2],
 }
 
 impl Sidecar {
@@ -621,8 +623,12 @@ impl Sidecar {
         let dir = tempfile::Builder::new()
             .prefix("faas-mesh-istio-")
             .tempdir()?;
-        let declared_port = crate::free_port()?;
-        let undeclared_port = crate::free_port()?;
+        // Held for as long as the sidecar runs; its listeners bind them with SO_REUSEPORT.
+        let ports = [
+            crate::ports::ReservedPort::new()?,
+            crate::ports::ReservedPort::new()?,
+        ];
+        let [declared_port, undeclared_port] = [ports[0].port(), ports[1].port()];
         // The native build reads the pod's labels and namespace from Istio's downward-API files
         // (EnvoyProcess::start points it at this folder), not from the node metadata.
         if crate::filter_build::FilterBuild::current() == crate::filter_build::FilterBuild::Native {
@@ -768,6 +774,7 @@ impl Sidecar {
             ecds_paths,
             version: 1,
             lds_path,
+            _ports: ports,
         })
     }
 

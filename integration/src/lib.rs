@@ -10,6 +10,7 @@
 //!   headers, odd request targets), and an HTTP/2 (prior knowledge) client;
 //! - [`tls::Pki`]: a mesh CA, the listener's certificate and SPIFFE client identities;
 //! - [`server`]: the one HTTP/1.1 server loop every in-test server runs, with its handler;
+//! - [`ports::ReservedPort`]: a loopback port held for a process the test starts later;
 //! - [`openfaas`]: the real of-watchdog and gateway, in network namespaces the test creates.
 
 pub mod envoy;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod istio;
 pub mod manifest;
 pub mod openfaas;
+pub mod ports;
 pub mod server;
 pub mod stand_in;
 pub mod tls;
@@ -45,35 +47,6 @@ pub(crate) fn dies_with_the_test(command: &mut std::process::Command) {
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
-}
-
-/// A loopback port for a process a test starts later (a function that comes up after Envoy).
-///
-/// Taken from below Linux's ephemeral range (32768-60999), where ports picked by the OS for
-/// `bind(0)` never land, so another test's listener cannot take it in between; each call in this
-/// process gets a different one, starting from a random offset so parallel test processes rarely
-/// meet, and checked to be free.
-pub fn free_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    const LOW: u16 = 20_000;
-    const SPAN: u16 = 12_000;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        1 + (std::process::id() % u32::from(SPAN)) as u16,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrInUse,
-        "no free port below the ephemeral range",
-    ))
 }
 
 /// The release bundle the delivery suites test: `$RELEASE_BUNDLE` (set by `make integration`),

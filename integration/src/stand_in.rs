@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 #[derive(Default)]
@@ -57,9 +56,10 @@ impl StandInFunction {
         Self::start_on(0).await
     }
 
-    /// Starts on the given loopback port (0: any free port).
+    /// Starts on the given loopback port (0: any free port), which may be a
+    /// [`ReservedPort`](crate::ports::ReservedPort) the test holds.
     pub async fn start_on(port: u16) -> io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let listener = crate::ports::listen_on(port)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let task = tokio::spawn(serve(listener, state.clone(), handle));

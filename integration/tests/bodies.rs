@@ -8,8 +8,8 @@
 //!   per pod, and what does not fit is answered at once.
 
 use faas_mesh_integration::envoy::{policy_stat_name, Envoy, EnvoyOptions};
-use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::ports::ReservedPort;
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::Duration;
 
@@ -115,9 +115,9 @@ async fn in_audit_mode_an_unsized_body_over_the_limit_passes_and_is_counted() {
 async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_once() {
     const BUDGET: usize = 64 * 1024;
     const EACH: usize = 20 * 1024;
-    let port = free_port().expect("port");
+    let port = ReservedPort::new().expect("port");
     let config = format!(r#"{{"readiness": {{"max_pending_bytes": {BUDGET}}}}}"#);
-    let envoy = Envoy::start_accepted(EnvoyOptions::for_function(port).config(config)).await;
+    let envoy = Envoy::start_accepted(EnvoyOptions::for_function(port.port()).config(config)).await;
 
     // Larger than the whole budget: 413 at once, by Content-Length and by counting.
     let too_large = Request::new("POST", "/function/env/big").body(vec![b'x'; BUDGET + 1]);
@@ -168,7 +168,9 @@ async fn held_bodies_are_bounded_per_pod_and_what_does_not_fit_is_answered_at_on
     assert_eq!(pending, held_fits as u64);
 
     // The function comes up: the held ones arrive whole.
-    let function = StandInFunction::start_on(port).await.expect("function");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     while let Some(joined) = calls.join_next().await {
         let (sent, response) = joined.expect("task");
         let response = response.expect("response");
@@ -190,9 +192,10 @@ async fn a_release_by_the_gate_waits_for_the_body_check() {
 
 async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = free_port().expect("port");
+    let port = ReservedPort::new().expect("port");
     let envoy =
-        Envoy::start_accepted(EnvoyOptions::for_function(port).config(policy("enforce"))).await;
+        Envoy::start_accepted(EnvoyOptions::for_function(port.port()).config(policy("enforce")))
+            .await;
     let mut stream = tokio::net::TcpStream::connect(envoy.addr())
         .await
         .expect("connect");
@@ -210,7 +213,9 @@ async fn release_while_the_body_arrives(first: usize, rest: usize, want: u16) {
             v >= 1
         })
         .await;
-    let function = StandInFunction::start_on(port).await.expect("function");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     let released = envoy
         .wait_for_filter_stat("env", "readiness.released", Duration::from_secs(10), |v| {
             v >= 1

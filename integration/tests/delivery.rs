@@ -9,14 +9,14 @@
 use faas_mesh_integration::envoy::{filter_wasm, ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::http::Request;
 use faas_mesh_integration::stand_in::StandInFunction;
-use faas_mesh_integration::{free_port, release_bundle, repo_root};
+use faas_mesh_integration::{release_bundle, repo_root};
 use faas_mesh_tools::oci::wasm_from_layer;
 use faas_mesh_tools::render::{render_all, Module};
 use faas_mesh_tools::{base64, sha256_hex};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifest_rendered_from_a_policy_file_is_the_one_that_runs() {
@@ -275,6 +275,31 @@ impl Drop for Process {
     }
 }
 
+/// The port in docker-registry's `listening on 127.0.0.1:<port>` line. The rest of its log is
+/// read to the end (and dropped), so a registry logging every request never blocks on the pipe.
+fn listening_port(log: std::process::ChildStderr, patience: Duration) -> u16 {
+    use std::io::BufRead;
+    let (found, port) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(log).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on 127.0.0.1:") {
+                let digits: String = line[at + "listening on 127.0.0.1:".len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                let _ = found.send(digits.parse::<u16>().ok());
+                break;
+            }
+        }
+        lines.for_each(drop);
+    });
+    port.recv_timeout(patience)
+        .ok()
+        .flatten()
+        .expect("the registry named the port it listens on")
+}
+
 fn tool(name: &str) -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| {
@@ -327,33 +352,27 @@ fn the_bundles_image_published_by_make_publish_round_trips_through_a_real_regist
     let pinned = pinned.trim_start_matches("sha256:").to_string();
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // A registry of our own on loopback.
-    let port = free_port().expect("port");
+    // A registry of our own on loopback, on a port it picks and names in its log.
     let storage = dir.path().join("registry");
     let config = dir.path().join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
             storage.display()
         ),
     )
     .expect("registry config");
-    let _registry = Process(
-        Command::new(registry_bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+    let mut child = Command::new(registry_bin)
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker-registry");
+    let log = child.stderr.take().expect("registry log");
+    let _registry = Process(child);
+    let port = listening_port(log, Duration::from_secs(20));
     // What the release workflow runs, against this registry.
     let image = format!("127.0.0.1:{port}/openfaas/faas-mesh-filter");
     let release_out = bundle.parent().expect("parent");

@@ -3,8 +3,8 @@
 
 use faas_mesh_integration::envoy::{ConfigOutcome, Envoy, EnvoyOptions};
 use faas_mesh_integration::filter_build::FilterBuild;
-use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::ports::ReservedPort;
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -80,9 +80,11 @@ async fn a_watchdog_answering_500_or_hanging_is_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_dying_mid_body_gives_a_clean_error_and_the_gate_waits_for_it() {
-    let port = free_port().expect("port");
-    let function = StandInFunction::start_on(port).await.expect("function");
-    let envoy = Envoy::start(EnvoyOptions::for_function(port))
+    let port = ReservedPort::new().expect("port");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
+    let envoy = Envoy::start(EnvoyOptions::for_function(port.port()))
         .await
         .expect("Envoy");
     assert_eq!(envoy.get("/function/env/warm").await.status, 200);
@@ -119,7 +121,9 @@ async fn a_function_dying_mid_body_gives_a_clean_error_and_the_gate_waits_for_it
     let next =
         tokio::spawn(async move { http::send(addr, &Request::get("/function/env/after")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _function = StandInFunction::start_on(port).await.expect("restart");
+    let _function = StandInFunction::start_on(port.port())
+        .await
+        .expect("restart");
     let response = next.await.expect("task").expect("response");
     assert_eq!(response.status, 200);
 }

@@ -717,9 +717,8 @@ async fn a_module_server_serving_other_bytes_fails_closed_visibly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_module_server_fails_closed_visibly() {
     // A loopback port nothing listens on.
-    let nobody =
-        std::net::SocketAddr::from(([127, 0, 0, 1], faas_mesh_integration::free_port().unwrap()));
-    let (function, sidecar, _pki) = remote_route(nobody).await;
+    let nobody = faas_mesh_integration::ports::ReservedPort::new().expect("port");
+    let (function, sidecar, _pki) = remote_route(nobody.addr()).await;
     fails_closed(&sidecar, &function).await;
 }
 

@@ -98,7 +98,9 @@ fn bootstrap(plugin_config: &str, listener_port: u16, function_port: u16) -> Val
 #[tokio::test]
 async fn the_module_loads_with_its_abi_version_and_rewrites() {
     let function = StandInFunction::start().await.expect("stand-in function");
-    let port = faas_mesh_integration::free_port().expect("port");
+    // Envoy's listener binds it with SO_REUSEPORT, beside the reservation.
+    let reserved = faas_mesh_integration::ports::ReservedPort::new().expect("port");
+    let port = reserved.port();
     let config = r#"{"function": {"name": "env"}, "readiness": {"enabled": false}}"#;
     let dir = tempfile::tempdir().expect("dir");
     let mut envoy = EnvoyProcess::start(dir, &bootstrap(config, port, function.port()), 1)

@@ -5,8 +5,8 @@
 //! the others, and the pod-wide `max_pending` must hold across them.
 
 use faas_mesh_integration::envoy::{Envoy, EnvoyOptions};
-use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::ports::ReservedPort;
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -17,9 +17,9 @@ const FUNCTION: &str = "env";
 const STAT_LIMIT: Duration = Duration::from_secs(20);
 
 /// An Envoy for a function that is not running yet (its port is reserved, nothing listens).
-async fn envoy_before_function(concurrency: u32, plugin_config: &str) -> (Envoy, u16) {
-    let port = free_port().expect("free port");
-    let mut options = EnvoyOptions::for_function(port).config(plugin_config);
+async fn envoy_before_function(concurrency: u32, plugin_config: &str) -> (Envoy, ReservedPort) {
+    let port = ReservedPort::new().expect("port");
+    let mut options = EnvoyOptions::for_function(port.port()).config(plugin_config);
     options.concurrency = concurrency;
     let envoy = Envoy::start_accepted(options).await;
     (envoy, port)
@@ -64,7 +64,9 @@ async fn held_requests_are_released_when_the_function_comes_up(concurrency: u32)
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(envoy.filter_stat(FUNCTION, "readiness.released").await, 0);
 
-    let function = StandInFunction::start_on(port).await.expect("function");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     let up = Instant::now();
     let mut slowest = Duration::ZERO;
     while let Some(done) = calls.join_next().await {
@@ -181,7 +183,9 @@ async fn beyond_max_pending_is_answered_at_once(concurrency: u32) {
         3
     );
 
-    let _function = StandInFunction::start_on(port).await.expect("function");
+    let _function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     while let Some(done) = held.join_next().await {
         assert_eq!(done.expect("task").expect("response").status, 200);
     }
@@ -207,7 +211,9 @@ async fn a_client_that_hangs_up_is_forgotten(concurrency: u32) {
         .await;
     assert_eq!(envoy.filter_stat(FUNCTION, "readiness.pending").await, 0);
 
-    let function = StandInFunction::start_on(port).await.expect("function");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     assert_eq!(envoy.get("/function/env/here").await.status, 200);
     assert_eq!(
         function.calls(),
@@ -219,9 +225,11 @@ async fn a_client_that_hangs_up_is_forgotten(concurrency: u32) {
 /// The function is killed and restarted while traffic flows: requests during the outage are
 /// held and then served.
 async fn a_restarted_function_is_waited_for(concurrency: u32) {
-    let port = free_port().expect("port");
-    let function = StandInFunction::start_on(port).await.expect("function");
-    let mut options = EnvoyOptions::for_function(port);
+    let port = ReservedPort::new().expect("port");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
+    let mut options = EnvoyOptions::for_function(port.port());
     options.concurrency = concurrency;
     let envoy = Envoy::start(options).await.expect("Envoy");
     let addr = envoy.addr();
@@ -249,7 +257,9 @@ async fn a_restarted_function_is_waited_for(concurrency: u32) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(function); // the function process dies
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let function = StandInFunction::start_on(port).await.expect("restart");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("restart");
 
     let mut failed = 0;
     let mut total = 0;

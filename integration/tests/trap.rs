@@ -9,8 +9,8 @@
 //! never more.
 
 use faas_mesh_integration::envoy::{filter_wasm, trap_wasm, Envoy, EnvoyOptions};
-use faas_mesh_integration::free_port;
 use faas_mesh_integration::http::{self, Request, Response};
+use faas_mesh_integration::ports::ReservedPort;
 use faas_mesh_integration::stand_in::StandInFunction;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -174,8 +174,8 @@ async fn a_trap_holding_slots_heals_on_its_own(concurrency: u32) {
 /// the pod's `max_pending` come back once they are answered, so new calls are held again rather
 /// than refused.
 async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
-    let port = free_port().expect("free port");
-    let mut options = EnvoyOptions::for_function(port)
+    let port = ReservedPort::new().expect("port");
+    let mut options = EnvoyOptions::for_function(port.port())
         .config(r#"{"readiness": {"max_wait_ms": 2000, "max_pending": 2}}"#);
     options.concurrency = concurrency;
     options.module = Some(trap_wasm().expect("the test-trap module"));
@@ -226,7 +226,9 @@ async fn held_calls_of_a_vm_that_traps_are_answered(concurrency: u32) {
             }
         }
     };
-    let function = StandInFunction::start_on(port).await.expect("function");
+    let function = StandInFunction::start_on(port.port())
+        .await
+        .expect("function");
     let response = tokio::time::timeout(PATIENCE, &mut call)
         .await
         .expect("released when the function came up")
