@@ -39,18 +39,7 @@ fuzz_target!(|data: &[u8]| {
         );
         return;
     };
-    if let Some(stream) = envoy::stream_new(module) {
-        let headers = vec![
-            (b":method".to_vec(), b"GET".to_vec()),
-            (b":path".to_vec(), b"/function/env/a?b=c".to_vec()),
-            (b":authority".to_vec(), b"env.openfaas-fn:8080".to_vec()),
-        ];
-        envoy::request_headers(stream, headers, true);
-        if envoy::stream(stream, |s| s.continued && s.reply.is_none()).unwrap_or(false) {
-            envoy::response_headers(stream, vec![(b":status".to_vec(), b"200".to_vec())], true);
-        }
-        envoy::stream_end(stream);
-    }
+    envoy::one_get(module, b"/function/env/a?b=c");
     envoy::config_destroy(index, module);
     envoy::forget_dead();
     envoy::take_logs();
