@@ -16,7 +16,7 @@ use faas_mesh_tools::{base64, sha256_hex};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifest_rendered_from_a_policy_file_is_the_one_that_runs() {
@@ -275,29 +275,26 @@ impl Drop for Process {
     }
 }
 
-/// The port in docker-registry's `listening on 127.0.0.1:<port>` line. The rest of its log is
-/// read to the end (and dropped), so a registry logging every request never blocks on the pipe.
-fn listening_port(log: std::process::ChildStderr, patience: Duration) -> u16 {
-    use std::io::BufRead;
-    let (found, port) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = std::io::BufReader::new(log).lines();
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on 127.0.0.1:") {
-                let digits: String = line[at + "listening on 127.0.0.1:".len()..]
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                let _ = found.send(digits.parse::<u16>().ok());
-                break;
+/// The port in docker-registry's `listening on 127.0.0.1:<port>` line, once its log has it whole
+/// (the port followed by the rest of the line).
+fn listening_port(log: &Path) -> u16 {
+    const LINE: &str = "listening on 127.0.0.1:";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((_, rest)) = text.split_once(LINE) {
+            if let Some(end) = rest.find(|c: char| !c.is_ascii_digit()) {
+                return rest[..end]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no port in the registry's log: {text}"));
             }
         }
-        lines.for_each(drop);
-    });
-    port.recv_timeout(patience)
-        .ok()
-        .flatten()
-        .expect("the registry named the port it listens on")
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn tool(name: &str) -> PathBuf {
@@ -363,16 +360,18 @@ fn the_bundles_image_published_by_make_publish_round_trips_through_a_real_regist
         ),
     )
     .expect("registry config");
-    let mut child = Command::new(registry_bin)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("docker-registry");
-    let log = child.stderr.take().expect("registry log");
-    let _registry = Process(child);
-    let port = listening_port(log, Duration::from_secs(20));
+    let log = dir.path().join("registry.log");
+    let _registry = Process(
+        Command::new(registry_bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("registry log"))
+            .spawn()
+            .expect("docker-registry"),
+    );
+    let port = listening_port(&log);
+
     // What the release workflow runs, against this registry.
     let image = format!("127.0.0.1:{port}/openfaas/faas-mesh-filter");
     let release_out = bundle.parent().expect("parent");
